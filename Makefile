@@ -1,0 +1,46 @@
+# The two commands of a fresh machine (see README.md):
+#   make run    the main job: check and compile the example tenant into build/
+#   make test   the test suite (make test-slow: with the slow tests)
+# Both create the virtual environment when it is missing and install the project into it.
+
+VENV ?= .venv
+PYTHON ?= python3
+PYTEST_ARGS ?=
+BIN := $(VENV)/bin
+# Reinstall only when the project's metadata changes; the editable install follows the sources.
+STAMP := $(VENV)/.emirax-installed
+
+.PHONY: run test test-slow install clean
+
+run: $(STAMP)
+	@mkdir -p build
+	$(BIN)/emirax check tenants/media-encoding
+	$(BIN)/emirax compile tenants/media-encoding -o build/media-encoding.emxb
+
+# pytest's exit code 5 (no test collected) is a failure here: a suite that ran nothing is broken.
+define pytest
+	@$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make: pytest ran no test; failing" >&2; exit 1; fi; \
+	exit $$rc
+endef
+
+test: $(STAMP)
+	$(pytest)
+
+test-slow: $(STAMP)
+	@EMIRAX_SLOW=1 $(MAKE) --no-print-directory test
+
+install: $(STAMP)
+
+$(BIN)/python:
+	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "Python 3.11 or newer is needed (set PYTHON=...)")'
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	@touch $@
+
+clean:
+	rm -rf build dist .pytest_cache .hypothesis .emirax-cache
+	find emirax server tests bench -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,43 @@
+"""Source text and positions.
+
+Owns `Span` (where a node or diagnostic sits: file, line, column, 1-based) and `Source` (a file's
+text, with the line lookup that diagnostics need to show the offending line under a caret).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class Span:
+    """A position in a source file; `line` and `column` are 1-based, `end_*` exclusive-ish hints."""
+
+    file: str
+    line: int
+    column: int
+    end_line: int = 0
+    end_column: int = 0
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.column}"
+
+
+NO_SPAN = Span("<unknown>", 0, 0)
+
+
+@dataclass(frozen=True)
+class Source:
+    """The text of one `.emx` file, named as the user named it."""
+
+    name: str
+    text: str
+    _lines: list[str] = field(default_factory=list, compare=False, repr=False)
+
+    def line(self, number: int) -> str:
+        """Return line `number` (1-based) without its newline, or '' when out of range."""
+        if not self._lines:
+            self._lines.extend(self.text.splitlines())
+        if 1 <= number <= len(self._lines):
+            return self._lines[number - 1]
+        return ""
