@@ -166,7 +166,7 @@ def check(modules: list[nodes.Module]) -> list[Diagnostic]:
     )
     if errors:
         exc = CheckError(errors)
-        exc.warnings = warnings  # type: ignore[attr-defined]  # shown next to the errors
+        exc.warnings = warnings
         raise exc
     return warnings
 

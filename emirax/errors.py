@@ -44,6 +44,10 @@ class SourceError(EmiraxError):
 
     def __init__(self, diagnostics: list[Diagnostic]) -> None:
         self.diagnostics = sorted(diagnostics, key=Diagnostic.sort_key)
+        # Filled by whoever knows them (emirax.pipeline), so the error can be rendered with its
+        # source lines: the warnings found next to the errors, and the texts by file name.
+        self.warnings: list[Diagnostic] = []
+        self.sources: dict[str, str] = {}
         super().__init__("\n".join(str(d) for d in self.diagnostics))
 
 

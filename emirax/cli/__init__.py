@@ -1,6 +1,39 @@
-"""The `emirax` command. Placeholder written by the foundation; the CLI helper replaces it."""
+"""The `emirax` command: one typer application, one module per command group.
+
+    emirax check PATH...                 emirax/cli/build.py
+    emirax compile PATH -o FILE.emxb     emirax/cli/build.py
+
+Exit codes (SPEC section 6): 0 ok, 1 a user error (bad rules, bad input, a failed workflow) with a
+clear message and no traceback, 2 a usage error (click's own). `main()` is the console script.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+from emirax.cli import build
+from emirax.cli.output import fail_unexpected
+
+app = typer.Typer(
+    name="emirax",
+    help="Emirax: write rules, compile them into bundles, run workflows.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+build.register(app)
 
 
 def main() -> None:
-    """Entry point of the `emirax` console script (not implemented yet)."""
-    raise SystemExit("emirax: the command line is not built yet")
+    """Entry point of the `emirax` console script."""
+    try:
+        app()
+    except Exception as exc:  # a bug of ours: one line, and the traceback only on request
+        if os.environ.get("EMIRAX_DEBUG"):
+            raise
+        fail_unexpected(exc)
+        sys.exit(1)
