@@ -42,6 +42,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--run-slow", action="store_true", default=False,
         help="also run tests marked slow (long fuzzing and soak); same as EMIRAX_SLOW=1",
     )
+    parser.addoption(
+        "--update-golden", action="store_true", default=False,
+        help="rewrite the expected output of golden files (tests/golden/) from the compiler",
+    )
 
 
 def slow_enabled(config: pytest.Config) -> bool:
