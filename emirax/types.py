@@ -162,8 +162,11 @@ def join(a: Ty, b: Ty) -> Ty:
     if kb == NULL_K:
         return a
     if ka == PENDING_K or kb == PENDING_K:
-        # A value that may be a placeholder must be treated as one.
-        return a if ka == PENDING_K else b
+        # A value that may be a placeholder must be treated as one; once resolved it is the
+        # result or the plain value, so the result type joins both.
+        ra = (a.elem or DEF) if ka == PENDING_K else a
+        rb = (b.elem or DEF) if kb == PENDING_K else b
+        return pending(join(ra, rb))
     if ka in NUMERIC and kb in NUMERIC:
         return DOUBLE if DOUBLE_K in (ka, kb) else LONG
     if ka == kb and ka in (LIST_K, MAP_K):

@@ -965,3 +965,29 @@ def test_mutated_programs_only_ever_give_diagnostics(edits):
 def test_the_mutation_base_program_checks_clean():
     # Modify through a loop variable over a collect list, `?:`, spreads and interpolation.
     assert run(_MUTATION_BASE) == ([], [])
+
+
+def test_an_action_value_mixing_plain_values_and_results_is_not_a_type_error() -> None:
+    src = program("""
+    rule 'mixed' {
+        match { c: Chunk() }
+        action { [n: c.index, u: encode(c.uri, 1), all: [c.uri, encode(c.uri, 2)]] }
+        reaction { v -> insert Chunk(index: v.n, uri: v.u) }
+    }
+""")
+    errors, _ = run(src)
+    assert errors == []
+
+
+def test_a_mixed_action_value_is_still_a_placeholder_in_the_action() -> None:
+    src = program("""
+    rule 'mixed' {
+        match { c: Chunk() }
+        action {
+            def v = c.index > 0 ? encode(c.uri, 1) : 'plain'
+            v.size()
+        }
+    }
+""")
+    errors, _ = run(src)
+    find(errors, src, "v.size()", "placeholder")

@@ -10,6 +10,7 @@ PATH is an `.emx` file or a project folder with `emirax.toml`. Errors print as
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -83,7 +84,7 @@ def compile_(
         print_json({"ok": True, "bundle": str(target), "size": size, "manifest": manifest,
                     "warnings": diagnostics.as_dicts(diags)})
         return
-    print_diagnostics(diags, pipeline.render_sources(result.sources))
+    print_diagnostics(diags, pipeline.render_sources(sources))
     rules = sum(len(wf["rules"]) for wf in result.ir["workflows"])
     out.print(summary_table(f"compiled {target}", [
         ("package", manifest["package"]),
@@ -111,10 +112,24 @@ def _build(
         else:
             result = pipeline.check_only(path, cache_dir=cache)
     except SourceError as exc:
-        return None, source_errors(exc), exc.sources
+        return None, *_relocate(path, source_errors(exc), exc.sources)
     except EmiraxError as exc:
         fail(error_message(exc))
-    return result, list(result.warnings), result.sources
+    return result, *_relocate(path, list(result.warnings), result.sources)
+
+
+def _relocate(
+    path: Path, diags: list[Diagnostic], sources: dict[str, str]
+) -> tuple[list[Diagnostic], dict[str, str]]:
+    """Name files as the user can open them from here: the IR keeps names relative to the
+    project root (so it does not depend on the checkout's place), the terminal wants a path."""
+    root = path if path.is_dir() else path.parent
+
+    def shown(name: str) -> str:
+        return str(root / name) if name in sources else name
+
+    moved = [replace(d, span=replace(d.span, file=shown(d.span.file))) for d in diags]
+    return moved, {shown(name): text for name, text in sources.items()}
 
 
 def _report_failure(
@@ -139,7 +154,7 @@ def _check_one(path: Path, as_json: bool, no_cache: bool) -> dict[str, Any]:
     if result is None:
         _report_failure(path, diags, sources, as_json=False)
         return report
-    print_diagnostics(diags, pipeline.render_sources(result.sources))
+    print_diagnostics(diags, pipeline.render_sources(sources))
     rules = result.rule_count
     out.print(f"{path}: ok ({_plural(len(result.sources), 'file')}, {_plural(rules, 'rule')}"
               f"{', ' + _plural(warnings, 'warning') if warnings else ''})", markup=False)
