@@ -113,10 +113,9 @@ def _front_end(
     project = result.project
     cache = _Cache.open(cache_dir)
     keys = {name: _file_key(name, text) for name, text in result.sources.items()}
-    project_key = _digest(json.dumps(sorted(keys.items())))
-    if compile_ir and cache and (hit := cache.get_json(f"ir-{project_key}")) is not None:
-        result.ir = hit["ir"]
-        result.warnings = [_diagnostic(d) for d in hit["warnings"]]
+    # The package of emirax.toml is checked against the files, so it is part of the key.
+    project_key = _digest(json.dumps([project.package, sorted(keys.items())]))
+    if compile_ir and cache and _from_cache(result, cache.get_json(f"ir-{project_key}")):
         result.cache_hits = len(keys)
         result.timings["total"] = time.perf_counter() - started
         return result
@@ -131,6 +130,19 @@ def _front_end(
             })
     result.timings["total"] = time.perf_counter() - started
     return result
+
+
+def _from_cache(result: Build, hit: Any) -> bool:
+    """Fill `result` from a cached project entry; False (a miss) for anything malformed."""
+    if not (isinstance(hit, dict) and isinstance(hit.get("ir"), dict)
+            and isinstance(hit.get("warnings"), list)):
+        return False
+    try:
+        warnings = [_diagnostic(d) for d in hit["warnings"]]
+    except (KeyError, TypeError, ValueError):
+        return False
+    result.ir, result.warnings = hit["ir"], warnings
+    return True
 
 
 def _timed(result: Build, stage: str, fn: Callable[[], _T]) -> _T:

@@ -24,9 +24,10 @@ from emirax.cli.output import (
     fail,
     out,
     print_diagnostics,
+    print_error,
     print_json,
     source_errors,
-    summary_table,
+    print_summary,
 )
 from emirax.errors import Diagnostic, EmiraxError, SourceError
 
@@ -67,7 +68,14 @@ def compile_(
     no_cache: NoCacheOption = False,
 ) -> None:
     """Compile rules into a bundle (.emxb) ready to upload."""
-    result, diags, sources = _build(path, version, no_cache, compile_ir=True)
+    try:
+        result, diags, sources = _build(path, version, no_cache, compile_ir=True)
+    except EmiraxError as exc:
+        if as_json:
+            print_json({"ok": False, "path": str(path), "error": error_message(exc),
+                        "diagnostics": []})
+            raise typer.Exit(1) from None
+        fail(error_message(exc))
     if result is None or result.ir is None:
         _report_failure(path, diags, sources, as_json)
         raise typer.Exit(1)
@@ -86,7 +94,7 @@ def compile_(
         return
     print_diagnostics(diags, pipeline.render_sources(sources))
     rules = sum(len(wf["rules"]) for wf in result.ir["workflows"])
-    out.print(summary_table(f"compiled {target}", [
+    print_summary(f"compiled {target}", [
         ("package", manifest["package"]),
         ("version", manifest["version"]),
         ("digest", manifest["digest"]),
@@ -94,7 +102,7 @@ def compile_(
         ("rules", str(rules)),
         ("size", f"{size:,} bytes"),
         ("files", f"{len(result.sources)} ({result.cache_hits} from cache)"),
-    ]), markup=False)
+    ])
 
 
 # ── helpers ────────────────────────────────────────────────────────────────────────────────────
@@ -104,7 +112,7 @@ def _build(
     path: Path, version: str | None, no_cache: bool, *, compile_ir: bool
 ) -> tuple[pipeline.Build | None, list[Diagnostic], dict[str, str]]:
     """Run the front end; on a source error, return its diagnostics (errors and warnings) and
-    the sources they point into."""
+    the sources they point into. Other Emirax errors (a missing path, a bad emirax.toml) raise."""
     cache: bool | None = False if no_cache else None
     try:
         if compile_ir:
@@ -113,8 +121,6 @@ def _build(
             result = pipeline.check_only(path, cache_dir=cache)
     except SourceError as exc:
         return None, *_relocate(path, source_errors(exc), exc.sources)
-    except EmiraxError as exc:
-        fail(error_message(exc))
     return result, *_relocate(path, list(result.warnings), result.sources)
 
 
@@ -145,7 +151,13 @@ def _report_failure(
 
 
 def _check_one(path: Path, as_json: bool, no_cache: bool) -> dict[str, Any]:
-    result, diags, sources = _build(path, None, no_cache, compile_ir=False)
+    try:
+        result, diags, sources = _build(path, None, no_cache, compile_ir=False)
+    except EmiraxError as exc:  # reported, and the next path is still checked
+        if not as_json:
+            print_error(error_message(exc))
+        return {"path": str(path), "ok": False, "error": error_message(exc), "errors": 1,
+                "warnings": 0, "diagnostics": []}
     errors, warnings = count_diagnostics(diags)
     report = {"path": str(path), "ok": result is not None, "errors": errors,
               "warnings": warnings, "diagnostics": diagnostics.as_dicts(diags)}

@@ -13,7 +13,6 @@ from typing import Any, NoReturn
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from emirax import diagnostics
 from emirax.errors import Diagnostic, EmiraxError, SourceError
@@ -43,9 +42,13 @@ def error_message(exc: EmiraxError) -> str:
     return str(exc) or type(exc).__name__
 
 
+def print_error(message: str) -> None:
+    err.print(f"emirax: error: {message}", style="bold red", markup=False)
+
+
 def fail(message: str) -> NoReturn:
     """Print `emirax: error: message` and exit 1 (a user error)."""
-    err.print(f"emirax: error: {message}", style="bold red", markup=False)
+    print_error(message)
     raise typer.Exit(1)
 
 
@@ -57,13 +60,12 @@ def fail_unexpected(exc: BaseException) -> None:
     )
 
 
-def summary_table(title: str, rows: list[tuple[str, str]]) -> Table:
-    table = Table(title=title, show_header=False, title_justify="left", box=None, pad_edge=False)
-    table.add_column(style="bold", no_wrap=True)
-    table.add_column(overflow="fold")
+def print_summary(title: str, rows: list[tuple[str, str]]) -> None:
+    """`key  value` lines under a title; plain text, so a digest is never folded or cut."""
+    out.print(title, style="bold", markup=False)
+    width = max(len(key) for key, _ in rows)
     for key, value in rows:
-        table.add_row(key, value)
-    return table
+        out.print(f"  {key:<{width}}  {value}", markup=False)
 
 
 def count_diagnostics(diags: list[Diagnostic]) -> tuple[int, int]:
