@@ -281,6 +281,12 @@ class Checker:
                 for rule in self._unique_rules(wf):
                     self.check_rule(rule)
         self.wf = None
+        if not declared:
+            self.error(
+                first.package_span if first.package_span.line else Span(first.file, 1, 1),
+                "the project declares no workflow: a bundle needs at least one",
+                "add one: workflow Name { fact ...  rule '...' { ... } }",
+            )
 
     def declare_workflow(self, wf: nodes.Workflow) -> WorkflowInfo:
         info = WorkflowInfo(wf)

@@ -37,7 +37,9 @@ class Source:
     def line(self, number: int) -> str:
         """Return line `number` (1-based) without its newline, or '' when out of range."""
         if not self._lines:
-            self._lines.extend(self.text.splitlines())
+            # Spans count "\n" only, so lines are split on it alone (str.splitlines would also
+            # split on \r, \f, \u2028 and put the caret under the wrong line).
+            self._lines.extend(line.removesuffix("\r") for line in self.text.split("\n"))
         if 1 <= number <= len(self._lines):
             return self._lines[number - 1]
         return ""

@@ -1,0 +1,88 @@
+"""The compile benchmark runs and reports what it claims, and its generator writes valid Emirax.
+
+bench/compile.py is run as users run it (a subprocess on a small project) and must print its
+ratio to the bare Lark parse and the warm recompile. bench/gen.py must give projects that parse
+and check without errors, of the requested size, the same for the same seed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from emirax.checker import check
+from emirax.errors import SourceError
+from emirax.parser import parse
+from emirax.source import Source
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+
+
+def load_gen() -> ModuleType:
+    """bench/gen.py as a module (bench/ is scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location("emirax_bench_gen", BENCH / "gen.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("emirax_bench_gen", module)
+    spec.loader.exec_module(module)
+    return module
+
+
+gen = load_gen()
+
+
+def test_compile_benchmark_prints_its_ratio_and_warm_recompile(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "compile.py"), "--lines", "500", "--repeat", "1"],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert re.search(r"^whole compile / bare Lark parse = (\d+\.\d\dx|not available) \(target <= 2x\)$", out, re.M), out
+    assert re.search(r"^warm recompile = (\d+\.\d{3} s|not available) \(target < 0\.1 s\)$", out, re.M), out
+    assert "bare Lark parse (reference)" in out
+    assert re.search(r"^reference: Lark LALR", out, re.M), out
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_generated_project_parses_and_checks_cleanly(seed: int) -> None:
+    project = gen.generate(2000, seed=seed)
+    assert abs(gen.count_lines(project) - 2000) <= 2000 * 0.02
+    assert sum(len(text.splitlines()) for text in project.values()) == gen.count_lines(project)
+    try:
+        modules = [parse(Source(name, text)) for name, text in project.items()]
+        check(modules)
+    except SourceError as e:
+        pytest.fail(f"generated project (seed {seed}) does not check:\n{e}")
+    assert {m.package for m in modules} == {gen.PACKAGE}
+    names = [wf.name for m in modules for wf in m.workflows]
+    assert len(names) == len(set(names)) > 5
+
+
+def test_generator_is_deterministic_and_seeded() -> None:
+    assert gen.generate(800, seed=7) == gen.generate(800, seed=7)
+    assert gen.generate(800, seed=7) != gen.generate(800, seed=8)
+
+
+@pytest.mark.parametrize("lines", [gen.MIN_LINES, 137, 999])
+def test_generator_hits_small_line_counts(lines: int) -> None:
+    project = gen.generate(lines, seed=lines)
+    assert gen.count_lines(project) == lines
+    check([parse(Source(name, text)) for name, text in project.items()])
+
+
+def test_write_project_writes_a_loadable_project(tmp_path: Path) -> None:
+    root = gen.write_project(tmp_path / "p", 300, seed=3, files=2)
+    assert (root / "emirax.toml").read_text(encoding="utf-8").startswith("[bundle]")
+    files = sorted(p.relative_to(root).as_posix() for p in (root / "rules").glob("*.emx"))
+    assert files == sorted(gen.generate(300, seed=3, files=2))
+    project_mod = pytest.importorskip("emirax.project")
+    project = project_mod.load_project(root)
+    assert project.package == gen.PACKAGE and project.version == gen.VERSION
