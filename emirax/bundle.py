@@ -129,8 +129,15 @@ def build_bundle(ir_doc: Mapping[str, Any], *, version: str, sources: Mapping[st
 def write_bundle(
     path: Path | str, ir_doc: Mapping[str, Any], *, version: str, sources: Mapping[str, str]
 ) -> dict[str, Any]:
-    """Build the bundle and write it to `path` atomically (a temporary file, then os.replace)."""
+    """Build the bundle and write it to `path` atomically; returns the manifest."""
     data, manifest = _build(ir_doc, version, sources)
+    save(path, data)
+    return manifest
+
+
+def save(path: Path | str, data: bytes) -> None:
+    """Write bundle bytes to `path` atomically (a temporary file, then os.replace), so a reader
+    never sees half a bundle and a failed write leaves the old file as it was."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     # The temporary file sits next to the target so os.replace stays on one filesystem.
@@ -145,7 +152,13 @@ def write_bundle(
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
-    return manifest
+
+
+def build_with_manifest(
+    ir_doc: Mapping[str, Any], *, version: str, sources: Mapping[str, str]
+) -> tuple[bytes, dict[str, Any]]:
+    """`build_bundle`, also returning the manifest it wrote."""
+    return _build(ir_doc, version, sources)
 
 
 def _build(ir_doc: Mapping[str, Any], version: str, sources: Mapping[str, str]) -> tuple[bytes, dict[str, Any]]:

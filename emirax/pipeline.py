@@ -57,6 +57,9 @@ class Build:
     timings: dict[str, float] = field(default_factory=dict)
     cache_hits: int = 0
     modules: list[Module] = field(default_factory=list)
+    # Where the compile cache keeps this project's entries (None when the cache is off).
+    cache: _Cache | None = field(default=None, repr=False)
+    cache_key: str = ""
 
     @property
     def rule_count(self) -> int:
@@ -78,11 +81,23 @@ def check_only(path: Path | str, *, cache_dir: Path | str | None | bool = None) 
 
 
 def write(result: Build, out: Path | str) -> dict[str, Any]:
-    """Write the bundle of a finished build to `out`; returns the manifest."""
+    """Write the bundle of a finished build to `out`; returns the manifest.
+
+    The bundle's bytes are cached with the project's IR, so recompiling an unchanged project
+    copies them instead of verifying and zipping the IR again."""
     assert result.ir is not None, "write() needs a build() result"
-    return bundle.write_bundle(
-        out, result.ir, version=result.project.version, sources=result.sources
-    )
+    version = result.project.version
+    key = f"bundle-{result.cache_key}-{_digest(version)}"
+    cached = result.cache.get_json(key) if result.cache else None
+    if isinstance(cached, dict) and (data := result.cache.read_bytes(cached.get("file", ""))):
+        bundle.save(out, data)
+        return cached["manifest"]
+    data, manifest = bundle.build_with_manifest(result.ir, version=version, sources=result.sources)
+    bundle.save(out, data)
+    if result.cache:
+        result.cache.put_bytes(f"{key}.emxb", data)
+        result.cache.put_json(key, {"file": f"{key}.emxb", "manifest": manifest})
+    return manifest
 
 
 def render_sources(sources: dict[str, str]) -> dict[str, Source]:
@@ -115,6 +130,7 @@ def _front_end(
     keys = {name: _file_key(name, text) for name, text in result.sources.items()}
     # The package of emirax.toml is checked against the files, so it is part of the key.
     project_key = _digest(json.dumps([project.package, sorted(keys.items())]))
+    result.cache, result.cache_key = cache, project_key
     if compile_ir and cache and _from_cache(result, cache.get_json(f"ir-{project_key}")):
         result.cache_hits = len(keys)
         result.timings["total"] = time.perf_counter() - started
@@ -250,6 +266,12 @@ class _Cache:
         except OSError:
             return None
         return cls(root)
+
+    def read_bytes(self, key: str) -> bytes | None:
+        return self._read(key) if key and "/" not in key else None
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        self._write(key, data)
 
     def _read(self, key: str) -> bytes | None:
         try:

@@ -335,3 +335,27 @@ def test_write_makes_a_bundle_of_the_built_ir(tmp_path: Path) -> None:
     assert loaded.ir == result.ir
     assert loaded.sources == result.sources
     assert json.loads(json.dumps(loaded.manifest)) == manifest
+
+
+def test_an_unchanged_project_rewrites_its_bundle_from_the_cache(tmp_path: Path) -> None:
+    root = three_files(tmp_path / "p")
+    cache = tmp_path / "cache"
+    first = pipeline.write(pipeline.build(root, cache_dir=cache), tmp_path / "a.emxb")
+    second = pipeline.write(pipeline.build(root, cache_dir=cache), tmp_path / "b.emxb")
+    assert first == second
+    assert (tmp_path / "a.emxb").read_bytes() == (tmp_path / "b.emxb").read_bytes()
+    assert load_bundle(tmp_path / "b.emxb").digest == first["digest"]
+    for entry in cache.glob("bundle-*.emxb"):  # a lost cached bundle is rebuilt, not an error
+        entry.unlink()
+    third = pipeline.write(pipeline.build(root, cache_dir=cache), tmp_path / "c.emxb")
+    assert (tmp_path / "c.emxb").read_bytes() == (tmp_path / "a.emxb").read_bytes()
+    assert third == first
+
+
+def test_a_new_version_is_a_new_bundle_not_the_cached_one(tmp_path: Path) -> None:
+    root = three_files(tmp_path / "p")
+    cache = tmp_path / "cache"
+    one = pipeline.write(pipeline.build(root, cache_dir=cache), tmp_path / "a.emxb")
+    two = pipeline.write(pipeline.build(root, version="9.9.9", cache_dir=cache), tmp_path / "b.emxb")
+    assert two["version"] == "9.9.9" and one["version"] != "9.9.9"
+    assert load_bundle(tmp_path / "b.emxb").manifest["version"] == "9.9.9"

@@ -109,7 +109,9 @@ def front_end(sources: dict[str, str]) -> dict[str, Any] | None:
         assert_diagnostics_inside([*e.diagnostics, *getattr(e, "warnings", [])], sources)
         return None
     assert_diagnostics_inside(warnings, sources)
-    return _compiler.compile_modules(modules)  # a checked program compiles: no error at all
+    doc = _compiler.compile_modules(modules)  # a checked program compiles: no error at all
+    _ir.validate(doc)  # into valid IR
+    return doc
 
 
 def fresh_compile(sources: dict[str, str]) -> dict[str, Any]:

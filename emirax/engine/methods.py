@@ -9,7 +9,10 @@ values, as the language promises. A method applied to a receiver it does not kno
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Callable
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, Protocol
 
 from emirax.engine.values import (
@@ -37,6 +40,10 @@ class Meter(Protocol):
 
 Method = Callable[..., Any]
 METHODS: dict[str, Method] = {}
+
+# What Java's Integer/Double parsers accept (Python's int() would also take '1_000' and ' 1 ').
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+_NUMBER = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
 
 
 def method(*names: str) -> Callable[[Method], Method]:
@@ -267,6 +274,13 @@ def _sum(meter: Meter, receiver: Any, fn: Any = None) -> Any:
     return total
 
 
+def _order(a: Any, b: Any) -> int:
+    """`compare` with null as the smallest value (Groovy's min/max): never None."""
+    if a is None or b is None:
+        return (a is not None) - (b is not None)
+    return compare(a, b) or 0
+
+
 def _extreme(meter: Meter, receiver: Any, fn: Any, name: str, sign: int) -> Any:
     items = _items(meter, receiver, name)
     if not items:
@@ -277,15 +291,16 @@ def _extreme(meter: Meter, receiver: Any, fn: Any, name: str, sign: int) -> Any:
         best_key = key(best)
         for item in items[1:]:
             k = key(item)
-            c = compare(k, best_key)
-            if c is not None and c * sign > 0:  # strictly better: ties keep the first
+            if _order(k, best_key) * sign > 0:  # strictly better: ties keep the first
                 best, best_key = item, k
         return best
     fn = _closure(fn, name)
     for item in items[1:]:
         meter.tick()
         c = fn(item, best)
-        if is_number(c) and c * sign > 0:
+        if not is_number(c):
+            raise RuleError(f"a {name} comparator must return a number, not {type_name(c)}", "TypeError")
+        if c * sign > 0:
             best = item
     return best
 
@@ -414,23 +429,32 @@ for _name, _fn in {
     "endsWith": lambda s, p: s.endswith(p),
     "indexOf": lambda s, p: s.find(p),
     "replace": lambda s, a, b: s.replace(a, b),
-    "split": lambda s, sep=None: s.split(sep) if sep else s.split(),
-    "substring": lambda s, a, b=None: s[a:b] if b is not None else s[a:],
+    "split": lambda s, sep=None: _split(s, sep),
+    "substring": lambda s, a, b=None: _substring(s, a, len(s) if b is None else b),
     "capitalize": lambda s: s[:1].upper() + s[1:],
     "padLeft": lambda s, n, c=" ": s.rjust(n, c),
     "padRight": lambda s, n, c=" ": s.ljust(n, c),
-    "isNumber": lambda s: _parses(s, float),
-    "isInteger": lambda s: _parses(s, int),
+    "isNumber": lambda s: _NUMBER.fullmatch(s) is not None,
+    "isInteger": lambda s: _INTEGER.fullmatch(s) is not None,
 }.items():
     _string_method(_name, _fn)
 
 
-def _parses(s: str, kind: type) -> bool:
-    try:
-        kind(s)
-    except ValueError:
-        return False
-    return True
+def _split(s: str, sep: str | None) -> list[str]:
+    """Java's split on a literal separator: trailing empty strings are dropped."""
+    if not sep:
+        return s.split()
+    parts = s.split(sep)
+    while parts and parts[-1] == "":
+        parts.pop()
+    return parts
+
+
+def _substring(s: str, start: int, end: int) -> str:
+    """Java's substring: indices must lie inside the string (no counting from the end)."""
+    if not 0 <= start <= end <= len(s):
+        raise RuleError(f"substring({start}, {end}) is outside a string of length {len(s)}", "IndexError")
+    return s[start:end]
 
 
 # ── numbers and conversions ────────────────────────────────────────────────────────────────────
@@ -451,24 +475,26 @@ def _abs(meter: Meter, receiver: Any) -> Any:
 def _round(meter: Meter, receiver: Any, digits: int | None = None) -> Any:
     _need(receiver, (int, float), "round")
     if digits is None:
-        return v.checked_int(int(receiver + 0.5) if receiver >= 0 else -int(-receiver + 0.5))
-    return round(float(receiver), digits)
+        # Math.round: half up, also for negative numbers (-2.5 rounds to -2).
+        return receiver if isinstance(receiver, int) else v.checked_int(math.floor(receiver + 0.5))
+    quantum = Decimal(1).scaleb(-digits)
+    return float(Decimal(repr(float(receiver))).quantize(quantum, rounding=ROUND_HALF_UP))
 
 
 @method("toInteger")
 def _to_integer(meter: Meter, receiver: Any) -> int:
-    try:
-        return v.checked_int(int(receiver)) if not isinstance(receiver, str) else v.checked_int(int(receiver.strip()))
-    except (ValueError, TypeError):
-        raise RuleError(f"cannot convert {to_text(receiver)!r} to an integer", "NumberFormat") from None
+    if isinstance(receiver, str) and _INTEGER.fullmatch(receiver.strip()):
+        return v.checked_int(int(receiver.strip()))
+    if is_number(receiver) and math.isfinite(receiver):
+        return v.checked_int(int(receiver))
+    raise RuleError(f"cannot convert {to_text(receiver)!r} to an integer", "NumberFormat")
 
 
 @method("toDouble")
 def _to_double(meter: Meter, receiver: Any) -> float:
-    try:
+    if (isinstance(receiver, str) and _NUMBER.fullmatch(receiver.strip())) or is_number(receiver):
         return float(receiver)
-    except (ValueError, TypeError):
-        raise RuleError(f"cannot convert {to_text(receiver)!r} to a double", "NumberFormat") from None
+    raise RuleError(f"cannot convert {to_text(receiver)!r} to a double", "NumberFormat")
 
 
 @method("toString")

@@ -1,7 +1,8 @@
 """Groovy value semantics for rule code: truth, equality, ordering, arithmetic and text.
 
 Rule values are plain JSON-shaped Python values (None, bool, int, float, str, list, dict) plus
-`FactValue` (a read-only view of one fact) and `Closure`. Every operator of the language is defined
+`FactValue` (a read-only view of one fact), `Closure`, and `Placeholder` (the not-yet-known result
+of a function called in an action: using one as an operand, condition or receiver is an error). Every operator of the language is defined
 here once, so the compiled sections, the matcher and the methods agree on what `==` or `<` means:
 
 - `==` is value equality: `1 == 1.0`, lists and maps compare element-wise, facts by type and fields;
@@ -21,15 +22,52 @@ from typing import Any
 
 INT_MIN = -(2**63)
 INT_MAX = 2**63 - 1
+# The longest string `*` may build: beyond it a fact could not be stored anyway.
+MAX_TEXT = 10_000_000
 
 
 class RuleError(Exception):
-    """An error raised by rule code at run time (the engine attaches rule and position)."""
+    """An error raised by rule code at run time.
 
-    def __init__(self, message: str, type_: str = "RuleError") -> None:
+    `at` is the `[line, column]` of the IR node that failed (set by the compiled code, innermost
+    node first); the engine adds the rule and file when it reports it.
+    """
+
+    def __init__(self, message: str, type_: str = "RuleError", at: list[int] | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.type = type_
+        self.at = at
+
+
+class Placeholder:
+    """The result of `invoke`/`start` in an action, known only once the invocation finishes.
+
+    It may be stored in lists, maps, locals and closure results; every other use raises the error
+    of `pending()`. `id` is the host's number for the invocation, `label` what was called.
+    """
+
+    __slots__ = ("id", "label")
+
+    def __init__(self, id: int, label: str) -> None:
+        self.id = id
+        self.label = label
+
+    def pending(self, what: str = "") -> RuleError:
+        where = f": it cannot be used {what}" if what else ""
+        return RuleError(
+            f"the result of '{self.label}' is not known until the reaction{where}", "PendingValue"
+        )
+
+    def __repr__(self) -> str:
+        return f"Placeholder({self.id}, {self.label!r})"
+
+
+def check_known(what: str, *values: Any) -> None:
+    """Raise the placeholder error when any of `values` is a placeholder (error paths only)."""
+    for value in values:
+        if isinstance(value, Placeholder):
+            raise value.pending(what)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +98,8 @@ class Closure:
     def __call__(self, *args: Any) -> Any:
         if len(args) == self.arity:
             return self.fn(*args)
+        if not args and not self.explicit:
+            return self.fn(None)  # `{ it }()`: an implicit-`it` closure called with nothing
         if self.arity == 1:
             # Groovy passes a map entry (or several values) to a one-parameter closure as one value.
             return self.fn(args[0] if len(args) == 1 else list(args))
@@ -92,6 +132,8 @@ def type_name(value: Any) -> str:
         return value.type
     if isinstance(value, Closure):
         return "Closure"
+    if isinstance(value, Placeholder):
+        return f"the result of '{value.label}'"
     return type(value).__name__
 
 
@@ -109,6 +151,7 @@ def truthy(value: Any) -> bool:
         return value != 0
     if isinstance(value, (str, list, dict)):
         return len(value) > 0
+    check_known("as a condition", value)
     return True
 
 
@@ -128,6 +171,7 @@ def equals(a: Any, b: Any) -> bool:
         return a.keys() == b.keys() and all(equals(a[k], b[k]) for k in a)
     if isinstance(a, FactValue) and isinstance(b, FactValue):
         return a.type == b.type and equals(dict(a.fields), dict(b.fields))
+    check_known("as an operand of '=='", a, b)
     return type(a) is type(b) and a == b
 
 
@@ -147,6 +191,7 @@ def compare(a: Any, b: Any) -> int | None:
             if c:
                 return c
         return len(a) - len(b)
+    check_known("in a comparison", a, b)
     raise RuleError(f"cannot compare {type_name(a)} with {type_name(b)}", "TypeError")
 
 
@@ -204,6 +249,7 @@ def _checked_float(value: float) -> float:
 
 def _numbers(op: str, a: Any, b: Any) -> None:
     if not (is_number(a) and is_number(b)):
+        check_known(f"as an operand of '{op}'", a, b)
         raise RuleError(f"cannot apply '{op}' to {type_name(a)} and {type_name(b)}", "TypeError")
 
 
@@ -234,6 +280,8 @@ def subtract(a: Any, b: Any) -> Any:
 
 def multiply(a: Any, b: Any) -> Any:
     if isinstance(a, str) and isinstance(b, int) and not isinstance(b, bool):
+        if len(a) * b > MAX_TEXT:
+            raise RuleError(f"'*' would make a string longer than {MAX_TEXT} characters", "LimitError")
         return a * max(b, 0)
     _numbers("*", a, b)
     return _arith(a * b)
@@ -270,6 +318,7 @@ def intdiv(a: Any, b: Any) -> int:
 
 def negate(a: Any) -> Any:
     if not is_number(a):
+        check_known("as an operand of '-'", a)
         raise RuleError(f"cannot negate {type_name(a)}", "TypeError")
     return _arith(-a)
 
@@ -284,6 +333,7 @@ def contains(container: Any, item: Any) -> bool:
         return isinstance(item, str) and item in container
     if container is None:
         return False
+    check_known("as an operand of 'in'", container)
     raise RuleError(f"'in' needs a List, Map or String, not {type_name(container)}", "TypeError")
 
 
@@ -314,13 +364,32 @@ def to_text(value: Any) -> str:
         return f"{value.type}(" + ", ".join(f"{k}:{to_text(v)}" for k, v in value.fields.items()) + ")"
     if isinstance(value, Closure):
         return "Closure"
+    check_known("in a string", value)
     return str(value)
 
 
 def _float_text(value: float) -> str:
-    if value.is_integer() and abs(value) < 1e16:
-        return f"{value:.1f}"
-    return repr(value)
+    """Java's Double.toString: plain between 10^-3 and 10^7, else `1.2345E7` (shortest digits)."""
+    if value == 0:
+        return "-0.0" if math.copysign(1.0, value) < 0 else "0.0"
+    magnitude = abs(value)
+    if 1e-3 <= magnitude < 1e7:
+        text = repr(value)
+        return text if "." in text else text + ".0"
+    digits, exponent = _shortest_digits(magnitude)
+    mantissa = digits[0] + "." + (digits[1:] or "0")
+    return ("-" if value < 0 else "") + f"{mantissa}E{exponent}"
+
+
+def _shortest_digits(magnitude: float) -> tuple[str, int]:
+    """The shortest decimal digits of a positive float and its scientific exponent."""
+    mantissa, _, exp = f"{magnitude!r}".partition("e")
+    whole, _, frac = mantissa.partition(".")
+    exponent = int(exp or 0)
+    digits = (whole + frac).lstrip("0")
+    # Shift for the digits before the point, and for the zeros stripped in front of them.
+    exponent += len(whole) - 1 - (len(whole + frac) - len((whole + frac).lstrip("0")))
+    return digits.rstrip("0") or "0", exponent
 
 
 def get_attr(obj: Any, name: str, safe: bool = False) -> Any:
@@ -335,6 +404,7 @@ def get_attr(obj: Any, name: str, safe: bool = False) -> Any:
         return obj.get(name)
     if isinstance(obj, list):
         return [get_attr(x, name, safe) for x in obj]
+    check_known(f"to read '{name}'", obj)
     raise RuleError(f"{type_name(obj)} has no property '{name}'", "MissingProperty")
 
 
@@ -347,12 +417,14 @@ def get_index(obj: Any, index: Any) -> Any:
         return obj.get(index) if isinstance(index, str) else obj.get(to_text(index))
     if isinstance(obj, (list, str)):
         if not isinstance(index, int) or isinstance(index, bool):
+            check_known("as an index", index)
             raise RuleError(f"a {type_name(obj)} index must be an int, not {type_name(index)}", "TypeError")
         if -len(obj) <= index < len(obj):
             return obj[index]
         return None
     if isinstance(obj, FactValue) and isinstance(index, str):
         return obj.get(index)
+    check_known("as an indexed value", obj)
     raise RuleError(f"cannot index {type_name(obj)}", "TypeError")
 
 
