@@ -7,12 +7,10 @@ and check without errors, of the requested size, the same for the same seed.
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
@@ -20,19 +18,10 @@ from emirax.checker import check
 from emirax.errors import SourceError
 from emirax.parser import parse
 from emirax.source import Source
+from support import load_gen
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
-
-
-def load_gen() -> ModuleType:
-    """bench/gen.py as a module (bench/ is scripts, not a package)."""
-    spec = importlib.util.spec_from_file_location("emirax_bench_gen", BENCH / "gen.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("emirax_bench_gen", module)
-    spec.loader.exec_module(module)
-    return module
 
 
 gen = load_gen()

@@ -18,6 +18,7 @@ from emirax.checker import check
 from emirax.errors import CheckError, Diagnostic, ParseError
 from emirax.parser import parse
 from emirax.source import Source, Span
+from support import SPEC_EXAMPLE
 
 # A workflow most tests share; their rules follow it.
 HEAD = """\
@@ -92,63 +93,7 @@ def warnings_of(src: str) -> list[Diagnostic]:
 
 # ── the SPEC example ──────────────────────────────────────────────────────────────────────────
 
-EXAMPLE = """\
-package media.encode                        // bundle name; one per bundle
-
-workflow VideoEncode {
-
-    fact Request(String source, String recipe, int chunks = 31)
-    fact Chunk(int index, String uri)
-    fact Encoded(int index, String uri)
-    fact Assembled(String uri)
-    fact Failed(String reason)
-
-    // External functions, run by function runners. Options: timeout, retries, backoff, priority, queue.
-    function List split(String source, int chunks)
-    function String encode(String uri, String recipe) with [timeout: '2h', retries: 3, priority: 5]
-    function String assemble(List parts)
-
-    rule 'split source' {
-        match {
-            req: Request()
-            not Chunk()
-        }
-        action {
-            split(req.source, req.chunks)
-        }
-        reaction { parts ->
-            parts.eachWithIndex { uri, i -> insert Chunk(index: i, uri: uri) }
-        }
-        error { err ->
-            insert Failed(reason: "split: ${err.message}")
-        }
-    }
-
-    rule 'encode chunk' {
-        match {
-            c: Chunk()
-            r: Request()
-            not Encoded(index == c.index)
-        }
-        action { encode(c.uri, r.recipe) }
-        reaction { uri -> insert Encoded(index: c.index, uri: uri) }
-    }
-
-    rule 'assemble' with [salience: 10] {
-        match {
-            r: Request()
-            done: collect Encoded()
-            when done.size() == r.chunks
-            not Assembled()
-        }
-        action { assemble(done.sort { it.index }*.uri) }
-        reaction { uri ->
-            insert Assembled(uri: uri)
-            complete(uri: uri)
-        }
-    }
-}
-"""
+EXAMPLE = SPEC_EXAMPLE
 
 
 def test_the_spec_example_checks_clean():

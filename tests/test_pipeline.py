@@ -9,13 +9,11 @@ Every test passes its own `cache_dir` (or False), so nothing here touches ~/.cac
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
 import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -23,8 +21,8 @@ import pytest
 from emirax import diagnostics, ir, pipeline
 from emirax.bundle import load_bundle
 from emirax.errors import CheckError, ParseError, SourceError
+from support import load_gen
 
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def rules(package: str, workflow: str, rule: str = "r", fact: str = "X") -> str:
@@ -79,19 +77,6 @@ def rule_files(doc: dict[str, Any]) -> set[str]:
 
 def rule_names(doc: dict[str, Any]) -> set[str]:
     return {r["name"] for wf in doc["workflows"] for r in wf["rules"]}
-
-
-def load_gen() -> ModuleType:
-    """bench/gen.py (bench/ is not a package), or skip when the benchmark kit is absent."""
-    path = ROOT / "bench" / "gen.py"
-    if not path.exists():
-        pytest.skip("bench/gen.py is not there")
-    spec = importlib.util.spec_from_file_location("emirax_bench_gen", path)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the body runs
-    spec.loader.exec_module(module)
-    return module
 
 
 # ── names and places ───────────────────────────────────────────────────────────────────────────

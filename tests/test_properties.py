@@ -18,7 +18,6 @@ adds a long fuzz of 5000 examples per property.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -26,7 +25,6 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -38,6 +36,7 @@ from emirax.diagnostics import render
 from emirax.errors import CheckError, Diagnostic, ParseError
 from emirax.parser import parse
 from emirax.source import Source
+from support import SPEC_EXAMPLE, load_gen
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -45,16 +44,7 @@ from emirax import compiler as _compiler
 from emirax import ir as _ir
 
 
-def _load_gen() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("emirax_bench_gen", ROOT / "bench" / "gen.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("emirax_bench_gen", module)
-    spec.loader.exec_module(module)
-    return module
-
-
-gen = _load_gen()
+gen = load_gen()
 
 FAST, LONG = 150, 5000
 
@@ -384,63 +374,6 @@ def test_random_programs_long_fuzz(src: str) -> None:
 
 # ── mutated real programs ────────────────────────────────────────────────────────────────────
 
-SPEC_EXAMPLE = """\
-package media.encode                        // bundle name; one per bundle
-
-workflow VideoEncode {
-
-    fact Request(String source, String recipe, int chunks = 31)
-    fact Chunk(int index, String uri)
-    fact Encoded(int index, String uri)
-    fact Assembled(String uri)
-    fact Failed(String reason)
-
-    // External functions, run by function runners. Options: timeout, retries, backoff, priority, queue.
-    function List split(String source, int chunks)
-    function String encode(String uri, String recipe) with [timeout: '2h', retries: 3, priority: 5]
-    function String assemble(List parts)
-
-    rule 'split source' {
-        match {
-            req: Request()
-            not Chunk()
-        }
-        action {
-            split(req.source, req.chunks)
-        }
-        reaction { parts ->
-            parts.eachWithIndex { uri, i -> insert Chunk(index: i, uri: uri) }
-        }
-        error { err ->
-            insert Failed(reason: "split: ${err.message}")
-        }
-    }
-
-    rule 'encode chunk' {
-        match {
-            c: Chunk()
-            r: Request()
-            not Encoded(index == c.index)
-        }
-        action { encode(c.uri, r.recipe) }
-        reaction { uri -> insert Encoded(index: c.index, uri: uri) }
-    }
-
-    rule 'assemble' with [salience: 10] {
-        match {
-            r: Request()
-            done: collect Encoded()
-            when done.size() == r.chunks
-            not Assembled()
-        }
-        action { assemble(done.sort { it.index }*.uri) }
-        reaction { uri ->
-            insert Assembled(uri: uri)
-            complete(uri: uri)
-        }
-    }
-}
-"""
 
 
 def _bases() -> list[dict[str, str]]:
