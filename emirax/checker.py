@@ -847,7 +847,10 @@ class Checker:
                     f"{ctor.type} needs {'field' if len(missing) == 1 else 'fields'} {names} "
                     "(no default)",
                     f"write {ctor.type}("
-                    + ", ".join(f"{n}: ..." for n in [*(f.name for f in ctor.fields), *missing])
+                    + ", ".join(
+                        f"{n}: ..."
+                        for n in [*(f.name for f in ctor.fields if f.name in fields_), *missing]
+                    )
                     + ")",
                 )
         return T.fact(ctor.type) if fields_ is not None else T.DEF

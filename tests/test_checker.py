@@ -936,3 +936,17 @@ def test_a_mixed_action_value_is_still_a_placeholder_in_the_action() -> None:
 """)
     errors, _ = run(src)
     find(errors, src, "v.size()", "placeholder")
+
+
+def test_the_missing_field_hint_leaves_out_a_misspelt_field() -> None:
+    src = program("""
+    rule 'typo' {
+        match { c: Chunk() }
+        action { insert Chunk(index: 1, url: c.uri) }
+    }
+""")
+    errors, _ = run(src)
+    typo = find(errors, src, "url:", "has no field 'url'")
+    assert typo.hint == "did you mean 'uri'?"
+    missing = find(errors, src, "Chunk(index", "needs field 'uri'")
+    assert missing.hint == "write Chunk(index: ..., uri: ...)"
