@@ -94,8 +94,10 @@ def _closure(fn: Any, name: str) -> Closure:
 
 def _apply(meter: Meter, fn: Closure, item: Any) -> Any:
     meter.tick()
-    if isinstance(item, dict) and fn.arity == 2 and item.keys() == {"key", "value"}:
+    if fn.arity == 2 and item.__class__ is dict and item.keys() == {"key", "value"}:
         return fn(item["key"], item["value"])
+    if fn.arity == 1:
+        return fn.fn(item)  # the common case, without Closure.__call__'s adaptation
     return fn(item)
 
 
