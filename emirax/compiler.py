@@ -18,11 +18,10 @@ so the same sources give byte-identical IR (and so the same bundle digest).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from typing import Any
 
 from emirax import nodes
-from emirax.ir import IR_VERSION
+from emirax.ir import IR_VERSION, walk
 from emirax.source import Span
 
 IR = dict[str, Any]
@@ -320,24 +319,12 @@ class _Code:
 # ── pattern analysis ───────────────────────────────────────────────────────────────────────────
 
 
-def _walk(node: Any) -> Iterator[IR]:
-    """Every IR node under `node` (expressions, statements, and the objects holding them)."""
-    stack = [node]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, dict):
-            yield item
-            stack.extend(v for k, v in item.items() if k != "at")
-        elif isinstance(item, list):
-            stack.extend(item)
-
-
 def _vars(expr: IR) -> set[str]:
-    return {n["name"] for n in _walk(expr) if n.get("op") == "var"}
+    return {n["name"] for n in walk(expr) if n.get("op") == "var"}
 
 
 def _uses_fields(expr: IR) -> bool:
-    return any(n.get("op") == "field" for n in _walk(expr))
+    return any(n.get("op") == "field" for n in walk(expr))
 
 
 def _as_join(expr: IR, bound: set[str]) -> IR | None:

@@ -11,6 +11,7 @@ problem, before a document is trusted. docs/ir.md describes every node.
     dumps(doc) -> bytes         canonical JSON (sorted keys, compact, UTF-8): same IR, same bytes
     digest(doc) -> str          "sha256:<hex>" of dumps(doc); the bundle's identity
     signatures(doc)             the workflows' facts and functions, for a bundle's manifest
+    walk(node)                  every object under an IR node
     METHODS                     the collection and string methods rule code may call, with arity
 """
 
@@ -20,7 +21,7 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from emirax.errors import IRError
@@ -148,6 +149,18 @@ def signatures(doc: Mapping[str, Any]) -> list[dict[str, Any]]:
             "rules": [r["name"] for r in wf["rules"]],
         })
     return out
+
+
+def walk(node: Any) -> Iterator[dict[str, Any]]:
+    """Every object under `node` (expressions, statements, and the objects holding them)."""
+    stack = [node]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            yield item
+            stack.extend(v for k, v in item.items() if k != "at")
+        elif isinstance(item, list):
+            stack.extend(item)
 
 
 # ── verification ───────────────────────────────────────────────────────────────────────────────

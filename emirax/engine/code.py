@@ -63,6 +63,7 @@ from typing import Any, Protocol
 
 from emirax.engine import values as V
 from emirax.engine.methods import METHODS
+from emirax.ir import walk
 from emirax.engine.values import (
     Closure,
     FactValue,
@@ -388,23 +389,12 @@ class _Ctx:
         self.scope = self.scope.parent
 
 
-def _walk(node: Any) -> Iterable[IR]:
-    stack = [node]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, dict):
-            yield item
-            stack.extend(v for k, v in item.items() if k != "at")
-        elif isinstance(item, list):
-            stack.extend(item)
-
-
 def _has_closure(node: Any) -> bool:
-    return any(n.get("op") == "closure" for n in _walk(node))
+    return any(n.get("op") == "closure" for n in walk(node))
 
 
 def _retracted_names(node: Any) -> frozenset[str]:
-    return frozenset(n["binding"] for n in _walk(node) if n.get("op") == "retract")
+    return frozenset(n["binding"] for n in walk(node) if n.get("op") == "retract")
 
 
 # ── expressions ────────────────────────────────────────────────────────────────────────────────
