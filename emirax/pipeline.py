@@ -89,7 +89,11 @@ def write(result: Build, out: Path | str) -> dict[str, Any]:
     version = result.project.version
     key = f"bundle-{result.cache_key}-{_digest(version)}"
     cached = result.cache.get_json(key) if result.cache else None
-    if isinstance(cached, dict) and (data := result.cache.read_bytes(cached.get("file", ""))):
+    if (
+        isinstance(cached, dict) and isinstance(cached.get("manifest"), dict)
+        and isinstance(cached.get("file"), str)
+        and (data := result.cache.read_bytes(cached["file"]))
+    ):
         bundle.save(out, data)
         return cached["manifest"]
     data, manifest = bundle.build_with_manifest(result.ir, version=version, sources=result.sources)

@@ -344,3 +344,15 @@ def test_a_new_version_is_a_new_bundle_not_the_cached_one(tmp_path: Path) -> Non
     two = pipeline.write(pipeline.build(root, version="9.9.9", cache_dir=cache), tmp_path / "b.emxb")
     assert two["version"] == "9.9.9" and one["version"] != "9.9.9"
     assert load_bundle(tmp_path / "b.emxb").manifest["version"] == "9.9.9"
+
+
+def test_a_damaged_bundle_cache_entry_is_a_miss(tmp_path: Path) -> None:
+    root = three_files(tmp_path / "p")
+    cache = tmp_path / "cache"
+    first = pipeline.write(pipeline.build(root, cache_dir=cache), tmp_path / "a.emxb")
+    for entry in cache.glob("bundle-*"):
+        if entry.suffix != ".emxb":
+            entry.write_text('{"file": 3}')
+    again = pipeline.write(pipeline.build(root, cache_dir=cache), tmp_path / "b.emxb")
+    assert again == first
+    assert (tmp_path / "b.emxb").read_bytes() == (tmp_path / "a.emxb").read_bytes()
