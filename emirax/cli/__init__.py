@@ -2,6 +2,7 @@
 
     emirax check PATH...                 emirax/cli/build.py
     emirax compile PATH -o FILE.emxb     emirax/cli/build.py
+    emirax run PATH --workflow W ...     emirax/cli/run.py
 
 Exit codes (SPEC section 6): 0 ok, 1 a user error (bad rules, bad input, a failed workflow) with a
 clear message and no traceback, 2 a usage error (click's own). `main()` is the console script.
@@ -14,7 +15,7 @@ import sys
 
 import typer
 
-from emirax.cli import build
+from emirax.cli import build, run, test
 from emirax.cli.output import fail_unexpected
 
 app = typer.Typer(
@@ -26,6 +27,8 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 build.register(app)
+run.register(app)
+test.register(app)
 
 
 def main() -> None:

@@ -1,0 +1,1 @@
+"""Rule tests: scenario files and the pytest plugin (being written)."""
