@@ -95,10 +95,23 @@ def order_key(rule: Rule, facts: Iterable[FactValue], collected: Iterable[list[F
 
 def make_activation(rule: Rule, facts: tuple[FactValue, ...], env: dict[str, Any],
                     collected: list[list[FactValue]]) -> Activation:
-    versions = tuple((f.id, f.version) for f in facts)
-    coll = tuple(tuple((f.id, f.version) for f in lst) for lst in collected)
+    versions = tuple([(f.id, f.version) for f in facts])
+    if collected:
+        coll = tuple([tuple([(f.id, f.version) for f in lst]) for lst in collected])
+        ids = tuple([tuple([f.id for f in lst]) for lst in collected])
+    else:
+        coll = ids = ()
     return Activation(rule, facts, env, (rule.name, versions, coll),
-                      order_key(rule, facts, collected), (rule.index, versions))
+                      (-rule.salience, rule.index, tuple([f.id for f in facts]), ids),
+                      (rule.index, versions))
+
+
+def same(a: Any, b: Any) -> bool:
+    """`equals`, with the common case (two ints, two strings) first."""
+    cls = a.__class__
+    if cls is b.__class__ and (cls is int or cls is str):
+        return a == b
+    return equals(a, b)
 
 
 class Memory:
@@ -153,6 +166,7 @@ class _Check:
     pos: int
     field: str | None  # a join: fields[field] == fn(frame); None: a beta test, truthy(fn(frame))
     fn: Fn
+    ref: tuple[str, str] | None = None  # the join's expr is `binding.field`: read it directly
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,7 +189,7 @@ class _Plan:
 
 
 def _tests(el: Element) -> list[tuple[frozenset[str], _Check]]:
-    out = [(j.deps, _Check(el.pos, j.field, j.fn)) for j in el.joins]
+    out = [(j.deps, _Check(el.pos, j.field, j.fn, j.ref)) for j in el.joins]
     out += [(t.deps, _Check(el.pos, None, t.fn)) for t in el.beta]
     return out
 
@@ -241,7 +255,14 @@ class Matcher:
         self.meter = Meter(CONDITION_STEPS)
         self.frame = Frame({}, self.meter)
         self.memories: dict[str, Memory] = {}
-        self.of_type: dict[str, list[Memory]] = {}
+        self.of_type: dict[str, list[Memory]] = {}  # memories whose constant tests run as code
+        # type -> field -> hkey(constant) -> memories: `field == constant` tests, by hashing
+        self.eq_of_type: dict[str, dict[str, dict[Any, list[Memory]]]] = {}
+        self.uses: dict[int, list[tuple[Rule, Element]]] = {}  # id(memory) -> its patterns
+        # Rules whose `not` patterns have every test checked by enumeration: an insert there can
+        # only block, so the tuples it finds are dropped without re-evaluation.
+        self.fully_checked: set[tuple[int, int]] = set()
+        self.counts: dict[int, int] = {r.index: 0 for r in workflow.rules}  # activations per rule
         self.mem: dict[tuple[int, int], Memory] = {}
         self.acts: dict[tuple[int, Any], Activation] = {}
         self.by_fact: dict[int, set[tuple[int, Any]]] = {}
@@ -249,7 +270,6 @@ class Matcher:
         self.seq = 0
         self.plans: dict[tuple[int, int], _Plan] = {}
         self.posts: dict[int, dict[int, list[_Check]]] = {}
-        self.routes: dict[str, list[tuple[Rule, Element, Memory]]] = {}
         self._build()
 
     def _build(self) -> None:
@@ -258,12 +278,21 @@ class Matcher:
                 mem = self.memories.get(el.alpha_key)
                 if mem is None:
                     mem = self.memories[el.alpha_key] = Memory(fact_type, el.alpha)
-                    self.of_type.setdefault(fact_type, []).append(mem)
+                    if el.alpha_eq is not None:
+                        field, const = el.alpha_eq
+                        by_value = self.eq_of_type.setdefault(fact_type, {}).setdefault(field, {})
+                        by_value.setdefault(hkey(const), []).append(mem)
+                    else:
+                        self.of_type.setdefault(fact_type, []).append(mem)
                 self.mem[rule.index, el.pos] = mem
-                self.routes.setdefault(fact_type, []).append((rule, el, mem))
+                self.uses.setdefault(id(mem), []).append((rule, el))
         rules = [r for r in self.workflow.rules if r.enabled]
         for rule in rules:
             self.posts[rule.index] = post_checks(rule)
+            names = _positive_names(rule)
+            for el in rule.elements:
+                if el.kind == "not" and all(d <= names for d, _ in _tests(el)):
+                    self.fully_checked.add((rule.index, el.pos))
             binding_pos = {rule.elements[p].binding: p for p in rule.positives}
             for el in rule.elements:
                 for j in el.joins:
@@ -280,28 +309,38 @@ class Matcher:
 
     def insert(self, fact: FactValue) -> None:
         entered = [m for m in self.of_type.get(fact.type, ()) if self._alpha(m, fact)]
+        by_field = self.eq_of_type.get(fact.type)
+        if by_field:
+            for field, by_value in by_field.items():
+                entered += by_value.get(hkey(fact.fields.get(field)), ())
         for m in entered:
             m.add(fact)
-        if entered:
-            for rule, el, mem in self.routes[fact.type]:
-                if fact.id in mem.facts and mem.facts[fact.id] is fact:
-                    self._changed(rule, el, fact, inserted=True)
+        for m in entered:
+            for rule, el in self.uses[id(m)]:
+                self._changed(rule, el, fact, inserted=True)
 
     def retract(self, fact: FactValue) -> None:
-        left = [m for m in self.of_type.get(fact.type, ()) if m.remove(fact.id) is not None]
+        left = [m for m in self.memories.values() if m.type == fact.type and m.remove(fact.id)]
         if not left:
             return
         for tkey in list(self.by_fact.get(fact.id, ())):
             self._drop(tkey)
-        for rule, el, mem in self.routes[fact.type]:
-            if mem in left and not el.positive:
-                self._changed(rule, el, fact, inserted=False)
+        for m in left:
+            for rule, el in self.uses[id(m)]:
+                if not el.positive:
+                    self._changed(rule, el, fact, inserted=False)
 
     def _changed(self, rule: Rule, el: Element, fact: FactValue, inserted: bool) -> None:
         if el.positive:
             for facts in self._enumerate(rule, el.pos, fact):
-                if (rule.index, tuple((f.id, f.version) for f in facts)) not in self.acts:
-                    self._evaluate_and_add(rule, facts)
+                if len(facts) == 1 or (rule.index, tuple([(f.id, f.version) for f in facts])) not in self.acts:
+                    self._evaluate_and_add(rule, facts)  # (one fact: a new version, so a new tuple)
+            return
+        if inserted and (rule.index, el.pos) in self.fully_checked:
+            if not self.counts[rule.index]:
+                return  # it can only block activations, and the rule has none
+            for facts in self._enumerate(rule, el.pos, fact):
+                self._drop((rule.index, tuple((f.id, f.version) for f in facts)))
             return
         for facts in self._enumerate(rule, el.pos, fact):
             self._drop((rule.index, tuple((f.id, f.version) for f in facts)))
@@ -325,6 +364,7 @@ class Matcher:
 
     def _add(self, act: Activation) -> None:
         self.acts[act.tkey] = act
+        self.counts[act.rule.index] += 1
         for f in act.facts:
             s = self.by_fact.get(f.id)
             if s is None:
@@ -338,6 +378,7 @@ class Matcher:
         act = self.acts.pop(tkey, None)
         if act is None:
             return
+        self.counts[act.rule.index] -= 1
         for f in act.facts:
             s = self.by_fact.get(f.id)
             if s is not None:
@@ -361,17 +402,16 @@ class Matcher:
         env: dict[str, Any] = {}
         if plan.seed_binding:
             env[plan.seed_binding] = fact
-        if not self._checks(plan.first, chosen, env, rule):
+        if plan.first and not self._checks(plan.first, chosen, env, rule):
             return []
+        if not plan.steps:
+            return [tuple(chosen[p] for p in rule.positives)]
         out: list[tuple[FactValue, ...]] = []
         self._extend(rule, plan.steps, 0, chosen, env, out)
         return out
 
     def _extend(self, rule: Rule, steps: tuple[_Step, ...], k: int, chosen: dict[int, FactValue],
                 env: dict[str, Any], out: list[tuple[FactValue, ...]]) -> None:
-        if k == len(steps):
-            out.append(tuple(chosen[p] for p in rule.positives))
-            return
         step = steps[k]
         mem = self.mem[rule.index, step.pos]
         if step.own is not None:
@@ -386,21 +426,33 @@ class Matcher:
             candidates = mem.probe(indexed, chosen[q].fields.get(field))
         else:
             candidates = mem.facts.values()
+        if not candidates:
+            return
+        last = k + 1 == len(steps)
+        pos, binding, checks = step.pos, step.binding, step.checks
         for cand in list(candidates):
-            chosen[step.pos] = cand
-            if step.binding:
-                env[step.binding] = cand
-            if self._checks(step.checks, chosen, env, rule):
+            chosen[pos] = cand
+            if binding:
+                env[binding] = cand
+            if checks and not self._checks(checks, chosen, env, rule):
+                continue
+            if last:
+                out.append(tuple([chosen[p] for p in rule.positives]))
+            else:
                 self._extend(rule, steps, k + 1, chosen, env, out)
-        chosen.pop(step.pos, None)
-        if step.binding:
-            env.pop(step.binding, None)
+        chosen.pop(pos, None)
+        if binding:
+            env.pop(binding, None)
 
     def _checks(self, checks: Iterable[_Check], chosen: dict[int, FactValue], env: dict[str, Any],
                 rule: Rule) -> bool:
         try:
             for c in checks:
                 fact = chosen[c.pos]
+                if c.ref is not None:
+                    if not same(fact.fields.get(c.field), env[c.ref[0]].fields.get(c.ref[1])):
+                        return False
+                    continue
                 value = self._value(c.fn, env, fact)
                 if c.field is None:
                     if not truthy(value):
@@ -461,7 +513,9 @@ class Matcher:
         joins = el.joins
         if joins:
             probe = joins[0]
-            candidates: Iterable[FactValue] = mem.probe(probe.field, self._value(probe.fn, env, None))
+            value = (env[probe.ref[0]].fields.get(probe.ref[1]) if probe.ref is not None
+                     else self._value(probe.fn, env, None))
+            candidates: Iterable[FactValue] = mem.probe(probe.field, value)
         else:
             candidates = mem.facts.values()
         found: list[FactValue] = []
@@ -474,7 +528,9 @@ class Matcher:
 
     def _passes(self, el: Element, fact: FactValue, env: dict[str, Any]) -> bool:
         for j in el.joins:
-            if not equals(fact.fields.get(j.field), self._value(j.fn, env, fact)):
+            value = (env[j.ref[0]].fields.get(j.ref[1]) if j.ref is not None
+                     else self._value(j.fn, env, fact))
+            if not same(fact.fields.get(j.field), value):
                 return False
         for t in el.beta:
             if not truthy(self._value(t.fn, env, fact)):

@@ -67,6 +67,9 @@ class Element:
     at: list[int]
     alpha: list[Fn] = field(default_factory=list)
     alpha_key: str = ""
+    # (field, constant) when the constant tests are exactly `field == constant`: the matcher then
+    # routes facts to the memory by hashing the field instead of running the test.
+    alpha_eq: tuple[str, Any] | None = None
     joins: list[Join] = field(default_factory=list)
     beta: list[Test] = field(default_factory=list)
     guard: Test | None = None
@@ -291,10 +294,23 @@ def _element(pos: int, p: Mapping[str, Any], bindings: set[str]) -> Element:
         pos, p["kind"], p["type"], p.get("binding"), p["at"],
         alpha=[compile_expr(a) for a in p["alpha"]],
         alpha_key=p["type"] + json.dumps(_strip_at(p["alpha"]), sort_keys=True),
+        alpha_eq=_field_equals_constant(p["alpha"]),
         joins=[Join(j["field"], compile_expr(j["expr"]), _deps(j["expr"], bindings), _ref(j["expr"]))
                for j in p["joins"]],
         beta=[Test(compile_expr(b), _deps(b, bindings)) for b in p["beta"]],
     )
+
+
+def _field_equals_constant(alpha: list[Any]) -> tuple[str, Any] | None:
+    if len(alpha) != 1:
+        return None
+    test = alpha[0]
+    if test["op"] != "binary" or test["operator"] != "==":
+        return None
+    for a, b in ((test["left"], test["right"]), (test["right"], test["left"])):
+        if a["op"] == "field" and b["op"] == "lit":
+            return (a["name"], b["value"])
+    return None
 
 
 def _deps(node: Any, bindings: Iterable[str]) -> frozenset[str]:

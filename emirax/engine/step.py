@@ -145,10 +145,15 @@ class Delta:
 # ── the step ───────────────────────────────────────────────────────────────────────────────────
 
 
-def step(workflow: Workflow, state: WorkflowState, event: Event, *, limits: Limits = Limits(),
-         trace: bool = True, matcher: type = Matcher) -> Delta:
-    """Apply `event` to `state` under `workflow`, run to quiescence, and return the delta."""
-    return _Step(workflow, state, limits, trace, matcher).run(event)
+def step(workflow: Workflow, state: WorkflowState, event: Event | list[Event], *,
+         limits: Limits = Limits(), trace: bool = True, matcher: type = Matcher) -> Delta:
+    """Apply `event` to `state` under `workflow`, run to quiescence, and return the delta.
+
+    A list of events is applied in order with a run to quiescence after each, exactly as
+    separate steps would, but gives one delta (a host commits a batch of results at once).
+    Every event is validated before any is applied: a bad one raises and changes nothing."""
+    events = event if isinstance(event, list) else [event]
+    return _Step(workflow, state, limits, trace, matcher).run(events)
 
 
 class _Stop(Exception):
@@ -170,21 +175,23 @@ class _Step:
 
     # ── driving ────────────────────────────────────────────────────────────────────────────────
 
-    def run(self, event: Event) -> Delta:
+    def run(self, events: list[Event]) -> Delta:
         state = self.state
         if state.workflow != self.wf.name:
             raise EngineError(f"this state belongs to {state.workflow}, not {self.wf.name}")
-        facts = self._check_event(event)
-        if state.status == "failed":  # terminal: a late result changes nothing
-            if isinstance(event, (Result, Failure)):
-                self._trace("ignored", call=event.call, reason="the workflow has failed")
-            return self._finish()
-        try:
-            self._ensure_matcher(isinstance(event, Reevaluate))
-            self._apply_event(event, facts)
-            self._quiesce()
-        except _Stop:
-            pass
+        checked = [(event, self._check_event(event)) for event in events]
+        for event, facts in checked:
+            if state.status == "failed":  # terminal: a late result changes nothing
+                if isinstance(event, (Result, Failure)):
+                    self._trace("ignored", call=event.call, reason="the workflow has failed")
+                continue
+            try:
+                if self.matcher is None or isinstance(event, Reevaluate):
+                    self._ensure_matcher(isinstance(event, Reevaluate))
+                self._apply_event(event, facts)
+                self._quiesce()
+            except _Stop:
+                pass
         return self._finish()
 
     def _check_event(self, event: Event) -> list[tuple[str, dict[str, Any]]]:
@@ -196,7 +203,12 @@ class _Step:
         elif isinstance(event, AddFacts):
             if state.status == "failed":
                 raise EngineError("the workflow has failed: facts can no longer be added")
-        elif not isinstance(event, (Result, Failure, Reevaluate)):
+        elif isinstance(event, Result):
+            try:
+                data(event.value, "as a function result")
+            except RuleError as exc:
+                raise InputError(f"invocation {event.call}: {exc.message}") from None
+        elif not isinstance(event, (Failure, Reevaluate)):
             raise EngineError(f"unknown event {event!r}")
         if isinstance(event, (Start, AddFacts)):
             return [self._input_fact(f, i) for i, f in enumerate(event.facts)]
@@ -359,14 +371,10 @@ class _Step:
         p = self._take(event.call, "a result")
         if p is None:
             return
-        try:
-            p.results[event.call] = data(event.value, "as a function result")
-        except RuleError as exc:
-            p.results.pop(event.call, None)
-            self.state.calls[event.call] = p.id
-            raise InputError(f"invocation {event.call}: {exc.message}") from None
-        self._trace("result", call=event.call)
-        if any(c not in p.results for c in p.calls):
+        p.results[event.call] = data(event.value, "as a function result")  # checked: plain data
+        if self.tracing:
+            self._trace("result", call=event.call)
+        if len(p.results) < len(p.calls):
             self.delta.updated.append(p)
             return
         self._close(p)
@@ -480,6 +488,8 @@ class _Step:
         self.matcher.retract(cur)
 
     def _check_size(self, fact_type: str, fields: dict[str, Any], rule: Rule | None) -> None:
+        if _size_bound(fields) <= self.limits.fact_bytes:
+            return
         size = len(_compact(fields))
         if size > self.limits.fact_bytes:
             self._fail(rule, "action", "FactSizeLimit",
@@ -523,6 +533,21 @@ class _Step:
 # Traced even with trace=False: what a host must know about.
 _ALWAYS = frozenset(("fail", "status", "ignored", "version", "dropped"))
 _FAILED = object()
+
+
+def _size_bound(fields: dict[str, Any]) -> int:
+    """An upper bound of the compact JSON size of flat fields, without encoding them (the common
+    case); a nested value gives "unknown" (past any limit), so the exact size is computed."""
+    n = 2
+    for k, v in fields.items():
+        cls = v.__class__
+        if cls is str:
+            n += 6 * (len(k) + len(v)) + 6  # \uXXXX at worst
+        elif cls is int or cls is float or cls is bool or v is None:
+            n += 6 * len(k) + 30
+        else:
+            return 1 << 62
+    return n
 
 
 def _compact(value: Any) -> str:
