@@ -76,3 +76,38 @@ def test_write_project_writes_a_loadable_project(tmp_path: Path) -> None:
     project_mod = pytest.importorskip("emirax.project")
     project = project_mod.load_project(root)
     assert project.package == gen.PACKAGE and project.version == gen.VERSION
+
+
+def test_engine_benchmark_runs_both_workloads_and_prints_the_floor_ratio(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "engine.py"), "--sizes", "300,600", "--no-refs"],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    for workload in ("chain", "manners"):
+        assert re.search(rf"^{workload} at about 300 facts$", out, re.M), out
+        assert re.search(rf"^{workload}: memory per fact at \d[\d,]* facts: \d[\d,]* bytes", out, re.M), out
+    assert re.search(r"^  emirax \(one workflow\) +\d[\d,]* facts +\d[\d,]* firings .* us/firing", out, re.M), out
+    assert re.search(r"^  floor .* floor/emirax +\d+\.\dx$", out, re.M), out
+
+
+@pytest.mark.parametrize("workload", ["chain", "manners"])
+def test_workload_checkers_catch_a_wrong_end_state(workload: str) -> None:
+    """The benchmark trusts these checkers to say a run computed the right thing."""
+    sys.path.insert(0, str(BENCH / "workloads"))
+    import inputs
+
+    sys.path.insert(0, str(BENCH / "refs"))
+    import floor_ref
+
+    initial = inputs.chain_facts(300) if workload == "chain" else inputs.manners_facts(300)[1]
+    facts = getattr(floor_ref, workload)(initial).facts
+    check = getattr(inputs, f"check_{workload}")
+    check(facts)  # the floor is right
+    wrong = [dict(f, fields=dict(f["fields"])) for f in facts]
+    victim = next(f for f in reversed(wrong) if f["type"] in ("Step", "Seating", "Path"))
+    key = next(k for k, v in victim["fields"].items() if isinstance(v, (int, str)) and not isinstance(v, bool))
+    victim["fields"][key] = victim["fields"][key] + (1 if isinstance(victim["fields"][key], int) else "x")
+    with pytest.raises(AssertionError):
+        check(wrong)

@@ -172,7 +172,7 @@ def _run(workload: str, define: Callable[[str, Counter], None], initial: Facts) 
     seconds = time.perf_counter() - start
     error = get_state(name).get("exception")
     if error:  # durable_rules records an action's exception in the state instead of raising it
-        raise RuntimeError(f"durable_rules action failed: {error}")
+        raise RuntimeError(f"durable_rules action failed: {error.split(', traceback')[0]}")
     out = [{"type": f["t"], "fields": {k: v for k, v in f.items() if k not in ("t", "sid")}}
            for f in get_facts(name)]
     return Run(out, fired.n, seconds)

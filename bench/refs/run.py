@@ -26,6 +26,7 @@ import inputs  # noqa: E402  (needs the path above)
 
 ENGINES = {"experta": "experta_ref", "durable_rules": "durable_ref", "floor": "floor_ref"}
 WORKLOADS = ("chain", "manners")
+ERROR_CHARS = 400  # an error line stays readable in the driver's table
 USAGE = "usage: run.py {experta|durable_rules|floor} {chain|manners} FACTS"
 
 
@@ -61,7 +62,7 @@ def main(argv: list[str]) -> int:
             raise ValueError(USAGE)
         line = run(engine, workload, int(argv[3]))
     except Exception as e:  # any failure is one JSON line: the caller parses every run's output
-        error = f"{type(e).__name__}: {e}".splitlines()[0] if str(e) else type(e).__name__
+        error = f"{type(e).__name__}: {e}".splitlines()[0][:ERROR_CHARS]
         print(json.dumps({"engine": engine, "workload": workload, "ok": False, "error": error}))
         return 1
     print(json.dumps(line))
