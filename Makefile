@@ -1,5 +1,5 @@
 # The two commands of a fresh machine (see README.md):
-#   make run    the main job: check and compile the example tenant into build/
+#   make run    the main job: check, compile, rule-test and run the example video workflow
 #   make test   the test suite (make test-slow: with the slow tests)
 # Both create the virtual environment when it is missing and install the project into it.
 
@@ -16,6 +16,9 @@ run: $(STAMP)
 	@mkdir -p build
 	$(BIN)/emirax check tenants/media-encoding
 	$(BIN)/emirax compile tenants/media-encoding -o build/media-encoding.emxb
+	$(BIN)/emirax test tenants/media-encoding
+	$(BIN)/emirax run build/media-encoding.emxb --workflow VideoEncode \
+	    --facts tenants/media-encoding/request.json --functions tenants/media-encoding/functions.py
 
 # pytest's exit code 5 (no test collected) is a failure here: a suite that ran nothing is broken.
 define pytest

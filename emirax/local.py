@@ -30,7 +30,7 @@ from typing import Any
 
 from emirax.engine.program import EngineError, InputError, Program, Workflow
 from emirax.engine.state import WorkflowState
-from emirax.engine.step import Delta, Failure, Invocation, Limits, Result, Start, step
+from emirax.engine.step import AddFacts, Delta, Failure, Invocation, Limits, Result, Start, step
 from emirax.errors import EmiraxError
 
 __all__ = ["FunctionsError", "LocalRun", "Outcome", "load_functions"]
@@ -122,16 +122,26 @@ class LocalRun:
         """Start `workflow` with `facts` and run until nothing is left to do."""
         root = self._new_flow(self.program.workflow(workflow), None)
         self.t0 = time.monotonic()
-        queue: list[tuple[int, Invocation]] = []
-        queue += self._step(root, Start(facts))
+        self._drive(self._step(root, Start(facts)))
+        return self.outcome()
+
+    def add_facts(self, facts: list[Any]) -> Outcome:
+        """Add facts to the root workflow of a finished run and run to quiescence again."""
+        if not self.flows:
+            raise EngineError("nothing has been started yet")
+        self._drive(self._step(self.flows[1], AddFacts(facts)))
+        return self.outcome()
+
+    def outcome(self) -> Outcome:
+        st = self.flows[1].state
+        return Outcome(st.status, st.output, st.error, st.fact_list(), self.trace, self.fired,
+                       self.calls)
+
+    def _drive(self, queue: list[tuple[int, Invocation]]) -> None:
         if self.sequential:
             self._run_sequential(queue)
         else:
             self._run_parallel(queue)
-        flow = self.flows[root.id]
-        st = flow.state
-        return Outcome(st.status, st.output, st.error, st.fact_list(), self.trace, self.fired,
-                       self.calls)
 
     def _new_flow(self, wf: Workflow, parent: tuple[int, int] | None) -> _Flow:
         flow = _Flow(len(self.flows) + 1, wf, WorkflowState.new(wf.name), parent)

@@ -3,6 +3,7 @@
     emirax check PATH...                 emirax/cli/build.py
     emirax compile PATH -o FILE.emxb     emirax/cli/build.py
     emirax run PATH --workflow W ...     emirax/cli/run.py
+    emirax test PROJECT                  emirax/cli/test.py
 
 Exit codes (SPEC section 6): 0 ok, 1 a user error (bad rules, bad input, a failed workflow) with a
 clear message and no traceback, 2 a usage error (click's own). `main()` is the console script.

@@ -736,7 +736,7 @@ def _invoke(node: IR, ctx: _Ctx) -> Fn:
 
     def invoke(frame: Frame) -> Any:
         try:
-            vals = [data(a(frame), where) for a in args]
+            vals = [v if (v := a(frame)).__class__ in _SCALARS else data(v, where) for a in args]
         except RuleError as exc:
             raise _located(exc, at)
         return frame.host.invoke(function, vals)
@@ -768,7 +768,8 @@ def _fact_fields(node: IR, ctx: _Ctx) -> Callable[[Frame], dict[str, Any]]:
         out: dict[str, Any] = {}
         try:
             for name, value in given:
-                out[name] = data(value(frame), where)
+                v = value(frame)
+                out[name] = v if v.__class__ in _SCALARS else data(v, where)
         except RuleError as exc:
             raise _located(exc, at)
         for name, default in frame.host.fact_defaults(fact_type).items():

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from emirax.engine.code import Fn, Frame, LimitError, Meter
+from emirax.engine.matchcode import RuleCode, rule_factory
 from emirax.engine.program import Element, Rule, Test, Workflow
 from emirax.engine.values import FactValue, RuleError, equals, truthy
 
@@ -45,6 +46,7 @@ RefractionKey = tuple[str, tuple[tuple[int, int], ...], tuple[tuple[tuple[int, i
 # Steps one condition may take (closures in a guard count): a runaway guard fails the workflow.
 CONDITION_STEPS = 100_000
 
+_PLAIN = frozenset((str, int, float, type(None)))  # values that are their own key
 _BOOL = ("boolean",)
 _LIST = ("List",)
 _MAP = ("Map",)
@@ -61,7 +63,7 @@ def hkey(value: Any) -> Any:
     if cls is list:
         return (_LIST, tuple(hkey(x) for x in value))
     if cls is dict:
-        return (_MAP, frozenset((k, hkey(x)) for k, x in value.items()))
+        return (_MAP, frozenset([(k, x if x.__class__ in _PLAIN else hkey(x)) for k, x in value.items()]))
     if cls is FactValue:
         return (value.type, hkey(dict(value.fields)))
     return (cls.__name__, id(value))
@@ -244,6 +246,45 @@ def post_checks(rule: Rule) -> dict[int, list[_Check]]:
 
 # ── the matcher ────────────────────────────────────────────────────────────────────────────────
 
+NO_VALUE = object()
+
+
+class _Runtime:
+    """What one rule's generated match code calls back into (see matchcode.py)."""
+
+    NO_VALUE = NO_VALUE
+    RuleError = RuleError
+    same = staticmethod(same)
+    hkey = staticmethod(hkey)
+    truthy = staticmethod(truthy)
+    make_activation = staticmethod(make_activation)
+    by_id = staticmethod(lambda f: f.id)
+
+    def __init__(self, matcher: Matcher, rule: Rule) -> None:
+        self.rule = rule
+        self.value = matcher._value
+        self.matcher = matcher
+
+    def error(self, exc: RuleError) -> None:
+        self.matcher._error(self.rule, exc)
+
+    def check(self, fn: Fn, env: dict[str, Any], fact: FactValue, field: str | None) -> bool:
+        """A join (`field` set) or beta test of `fact`; an error counts as "does not match"."""
+        try:
+            value = self.value(fn, env, fact)
+            return truthy(value) if field is None else same(fact.fields.get(field), value)
+        except RuleError as exc:
+            self.matcher._error(self.rule, exc)
+            return False
+
+    def probe_value(self, fn: Fn, env: dict[str, Any]) -> Any:
+        try:
+            return self.value(fn, env, None)
+        except RuleError as exc:
+            self.matcher._error(self.rule, exc)
+            return NO_VALUE
+
+
 
 class Matcher:
     """The incremental matcher of one workflow's working memory."""
@@ -268,8 +309,7 @@ class Matcher:
         self.by_fact: dict[int, set[tuple[int, Any]]] = {}
         self.heap: list[tuple[tuple[Any, ...], int, Activation]] = []
         self.seq = 0
-        self.plans: dict[tuple[int, int], _Plan] = {}
-        self.posts: dict[int, dict[int, list[_Check]]] = {}
+        self.code: dict[int, RuleCode] = {}
         self._build()
 
     def _build(self) -> None:
@@ -288,7 +328,6 @@ class Matcher:
                 self.uses.setdefault(id(mem), []).append((rule, el))
         rules = [r for r in self.workflow.rules if r.enabled]
         for rule in rules:
-            self.posts[rule.index] = post_checks(rule)
             names = _positive_names(rule)
             for el in rule.elements:
                 if el.kind == "not" and all(d <= names for d, _ in _tests(el)):
@@ -299,6 +338,14 @@ class Matcher:
                     self.mem[rule.index, el.pos].add_index(j.field)
                     if j.ref is not None:
                         self.mem[rule.index, binding_pos[j.ref[0]]].add_index(j.ref[1])
+        for rule in rules:
+            factory = self.workflow.match_code.get(rule.index)
+            if factory is None:
+                plans = {el.pos: make_plan(rule, el.pos) for el in rule.elements if el.type}
+                factory = rule_factory(rule, plans, post_checks(rule))
+                self.workflow.match_code[rule.index] = factory
+            memories = {el.pos: self.mem[rule.index, el.pos] for el in rule.elements if el.type}
+            self.code[rule.index] = factory(memories, _Runtime(self, rule))
         # A rule without positive patterns (`not Chunk()`, a bare guard) has one tuple, the empty
         # one, which no insert would ever seed.
         for rule in rules:
@@ -331,19 +378,24 @@ class Matcher:
                     self._changed(rule, el, fact, inserted=False)
 
     def _changed(self, rule: Rule, el: Element, fact: FactValue, inserted: bool) -> None:
+        code = self.code[rule.index]
         if el.positive:
-            for facts in self._enumerate(rule, el.pos, fact):
-                if len(facts) == 1 or (rule.index, tuple([(f.id, f.version) for f in facts])) not in self.acts:
-                    self._evaluate_and_add(rule, facts)  # (one fact: a new version, so a new tuple)
+            acts, fired = self.acts, self.fired
+            for facts in code.seeds[el.pos](fact):
+                if len(facts) > 1 and (rule.index, tuple([(f.id, f.version) for f in facts])) in acts:
+                    continue  # found twice (the fact is at two patterns); one fact: always new
+                act = code.evaluate(facts)
+                if act is not None and act.key not in fired:
+                    self._add(act)
             return
         if inserted and (rule.index, el.pos) in self.fully_checked:
             if not self.counts[rule.index]:
                 return  # it can only block activations, and the rule has none
-            for facts in self._enumerate(rule, el.pos, fact):
-                self._drop((rule.index, tuple((f.id, f.version) for f in facts)))
+            for facts in code.seeds[el.pos](fact):
+                self._drop((rule.index, tuple([(f.id, f.version) for f in facts])))
             return
-        for facts in self._enumerate(rule, el.pos, fact):
-            self._drop((rule.index, tuple((f.id, f.version) for f in facts)))
+        for facts in code.seeds[el.pos](fact):
+            self._drop((rule.index, tuple([(f.id, f.version) for f in facts])))
             self._evaluate_and_add(rule, facts)
 
     # ── the agenda ─────────────────────────────────────────────────────────────────────────────
@@ -386,156 +438,17 @@ class Matcher:
                 if not s:
                     del self.by_fact[f.id]
 
-    # ── enumeration ────────────────────────────────────────────────────────────────────────────
-
-    def _plan(self, rule: Rule, seed: int) -> _Plan:
-        plan = self.plans.get((rule.index, seed))
-        if plan is None:
-            plan = self.plans[rule.index, seed] = make_plan(rule, seed)
-        return plan
-
-    def _enumerate(self, rule: Rule, seed: int, fact: FactValue) -> list[tuple[FactValue, ...]]:
-        """Positive tuples in which `fact`, at element `seed`, passes every test that reads only
-        positive bindings (a superset of the final matches: `_evaluate` decides)."""
-        plan = self._plan(rule, seed)
-        chosen: dict[int, FactValue] = {seed: fact}
-        env: dict[str, Any] = {}
-        if plan.seed_binding:
-            env[plan.seed_binding] = fact
-        if plan.first and not self._checks(plan.first, chosen, env, rule):
-            return []
-        if not plan.steps:
-            return [tuple(chosen[p] for p in rule.positives)]
-        out: list[tuple[FactValue, ...]] = []
-        self._extend(rule, plan.steps, 0, chosen, env, out)
-        return out
-
-    def _extend(self, rule: Rule, steps: tuple[_Step, ...], k: int, chosen: dict[int, FactValue],
-                env: dict[str, Any], out: list[tuple[FactValue, ...]]) -> None:
-        step = steps[k]
-        mem = self.mem[rule.index, step.pos]
-        if step.own is not None:
-            try:
-                value = self._value(step.own[1], env, None)
-            except RuleError as exc:
-                self._error(rule, exc)
-                return
-            candidates: Iterable[FactValue] = mem.probe(step.own[0], value)
-        elif step.reverse is not None:
-            q, field, indexed = step.reverse
-            candidates = mem.probe(indexed, chosen[q].fields.get(field))
-        else:
-            candidates = mem.facts.values()
-        if not candidates:
-            return
-        last = k + 1 == len(steps)
-        pos, binding, checks = step.pos, step.binding, step.checks
-        for cand in list(candidates):
-            chosen[pos] = cand
-            if binding:
-                env[binding] = cand
-            if checks and not self._checks(checks, chosen, env, rule):
-                continue
-            if last:
-                out.append(tuple([chosen[p] for p in rule.positives]))
-            else:
-                self._extend(rule, steps, k + 1, chosen, env, out)
-        chosen.pop(pos, None)
-        if binding:
-            env.pop(binding, None)
-
-    def _checks(self, checks: Iterable[_Check], chosen: dict[int, FactValue], env: dict[str, Any],
-                rule: Rule) -> bool:
-        try:
-            for c in checks:
-                fact = chosen[c.pos]
-                if c.ref is not None:
-                    if not same(fact.fields.get(c.field), env[c.ref[0]].fields.get(c.ref[1])):
-                        return False
-                    continue
-                value = self._value(c.fn, env, fact)
-                if c.field is None:
-                    if not truthy(value):
-                        return False
-                elif not equals(fact.fields.get(c.field), value):
-                    return False
-        except RuleError as exc:
-            self._error(rule, exc)
-            return False
-        return True
-
     # ── evaluation of one tuple ────────────────────────────────────────────────────────────────
 
     def _evaluate_and_add(self, rule: Rule, facts: tuple[FactValue, ...]) -> None:
-        act = self.evaluate(rule, facts)
+        act = self.code[rule.index].evaluate(facts)
         if act is not None and act.key not in self.fired:
             self._add(act)
 
     def evaluate(self, rule: Rule, facts: tuple[FactValue, ...]) -> Activation | None:
         """The activation of `facts` (the positive patterns' facts) under every condition of the
         rule against current memory, or None when a condition fails."""
-        env: dict[str, Any] = {}
-        collected: list[list[FactValue]] = []
-        posts = self.posts[rule.index]
-        it = iter(facts)
-        try:
-            for el in rule.elements:
-                kind = el.kind
-                if kind == "fact":
-                    fact = next(it)
-                    if el.binding:
-                        env[el.binding] = fact
-                    checks = posts[el.pos]
-                    if checks and not self._checks(checks, {el.pos: fact}, env, rule):
-                        return None
-                elif kind == "guard":
-                    assert el.guard is not None
-                    if not truthy(self._value(el.guard.fn, env, None)):
-                        return None
-                else:
-                    found = self._matching(rule, el, env, first=kind != "collect")
-                    if kind == "not" and found:
-                        return None
-                    if kind == "exists" and not found:
-                        return None
-                    if kind == "collect":
-                        found.sort(key=lambda f: f.id)
-                        collected.append(found)
-                        if el.binding:
-                            env[el.binding] = found
-        except RuleError as exc:
-            self._error(rule, exc)
-            return None
-        return make_activation(rule, facts, env, collected)
-
-    def _matching(self, rule: Rule, el: Element, env: dict[str, Any], first: bool) -> list[FactValue]:
-        mem = self.mem[rule.index, el.pos]
-        joins = el.joins
-        if joins:
-            probe = joins[0]
-            value = (env[probe.ref[0]].fields.get(probe.ref[1]) if probe.ref is not None
-                     else self._value(probe.fn, env, None))
-            candidates: Iterable[FactValue] = mem.probe(probe.field, value)
-        else:
-            candidates = mem.facts.values()
-        found: list[FactValue] = []
-        for cand in candidates:
-            if self._passes(el, cand, env):
-                found.append(cand)
-                if first:
-                    break
-        return found
-
-    def _passes(self, el: Element, fact: FactValue, env: dict[str, Any]) -> bool:
-        for j in el.joins:
-            value = (env[j.ref[0]].fields.get(j.ref[1]) if j.ref is not None
-                     else self._value(j.fn, env, fact))
-            if not same(fact.fields.get(j.field), value):
-                return False
-        for t in el.beta:
-            if not truthy(self._value(t.fn, env, fact)):
-                return False
-        return True
+        return self.code[rule.index].evaluate(facts)
 
     # ── running condition code ─────────────────────────────────────────────────────────────────
 

@@ -598,8 +598,7 @@ class _SectionHost:
     def invoke(self, function: str, args: list[Any]) -> Placeholder:
         fn = self.run.wf.functions.get(function)
         options = dict(fn.options) if fn is not None else {}
-        return self._call("call", function, function,
-                          [data(a, f"as an argument of {function}") for a in args], [], options)
+        return self._call("call", function, function, args, [], options)  # code.py made them data
 
     def start(self, workflow: str, facts: list[tuple[str, dict[str, Any]]]) -> Placeholder:
         return self._call("start", workflow, f"start {workflow}", [],
