@@ -1509,11 +1509,18 @@ class Section:
         env = dict(bindings)
         if self.param is not None:
             env[self.param] = param_value
+        frame = Frame(env, meter, host)
         try:
-            return self.body(Frame(env, meter, host))
+            return self.body(frame)
         except RecursionError:
             who = f"rule '{meter.rule}'" if meter.rule is not None else "the section"
             raise LimitError(f"{who} nested closure calls too deeply", meter.limit, "DepthLimit") from None
+        finally:
+            # A root frame refers to itself, and closures in its variables refer back to it: both
+            # are cycles only the garbage collector could free. Nothing outlives the run (what
+            # leaves a section is data), so they are broken here and freed at once.
+            env.clear()
+            frame.root = None  # type: ignore[assignment]
 
 
 def compile_section(section_ir: IR) -> Section:

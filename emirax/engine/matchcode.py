@@ -38,7 +38,8 @@ class RuleCode:
 class _Source:
     """Python source with indentation and the constants it refers to (passed in by name)."""
 
-    def __init__(self) -> None:
+    def __init__(self, positions: dict[str | None, int]) -> None:
+        self.positions = positions  # positive binding -> its pattern's position (`x<pos>`)
         self.lines: list[str] = []
         self.consts: dict[str, Any] = {}
         self.indexes: dict[str, tuple[int, str]] = {}  # variable -> (element pos, indexed field)
@@ -65,7 +66,7 @@ class _Source:
 
 def rule_factory(rule: Rule, plans: dict[int, Any], posts: dict[int, list[Any]]) -> Callable[..., RuleCode]:
     """Generate and compile a rule's match code; the result binds it to one matcher's memories."""
-    src = _Source()
+    src = _Source({rule.elements[p].binding: p for p in rule.positives if rule.elements[p].binding})
     src.emit(1, "def evaluate(facts):")
     _evaluate(src, rule, posts)
     seeds = []
@@ -133,7 +134,7 @@ def _condition(src: _Source, d: int, el: Element) -> None:
         cands = f"({bucket}.values() if {bucket} else ())"
     else:
         cands = f"{src.memory(el.pos)}.values()"
-    test = _passes(src, el, y, d)
+    test = _passes(src, el, y, d, skip_first=bool(el.joins))
     if el.kind == "not":
         src.emit(d, f"for {y} in {cands}:")
         src.emit(d + 1, f"if {test}: return None")
@@ -154,16 +155,17 @@ def _condition(src: _Source, d: int, el: Element) -> None:
 def _join_value(src: _Source, j: Any, d: int) -> str:
     """An expression for a join's right side, over the bound facts (computed before a loop)."""
     if j.ref is not None:
-        return f"env[{j.ref[0]!r}].fields.get({j.ref[1]!r})"
+        return f"x{src.positions[j.ref[0]]}.fields.get({j.ref[1]!r})"
     name = f"v{len(src.lines)}"
     src.emit(d, f"{name} = V({src.const('J', j.fn)}, env, None)")
     return name
 
 
-def _passes(src: _Source, el: Element, y: str, d: int) -> str:
-    """The conjunction of a pattern's joins and beta tests for candidate `y` (errors propagate)."""
+def _passes(src: _Source, el: Element, y: str, d: int, skip_first: bool) -> str:
+    """The conjunction of a pattern's joins and beta tests for candidate `y` (errors propagate);
+    `skip_first`: the first join found the candidates by an index probe, so it holds."""
     parts = []
-    for j in el.joins:
+    for j in el.joins[1 if skip_first else 0:]:
         parts.append(f"same({y}.fields.get({j.field!r}), {_join_value(src, j, d)})")
     for t in el.beta:
         parts.append(f"truthy(V({src.const('B', t.fn)}, env, {y}))")
@@ -185,10 +187,13 @@ def _seed(src: _Source, rule: Rule, seed: int, plan: Any) -> None:
     for step in plan.steps:
         x = _var(step.pos)
         if step.own is not None:
-            field, fn = step.own
-            value = f"w{step.pos}"
-            src.emit(d, f"{value} = rt.probe_value({src.const('P', fn)}, env)")
-            src.emit(d, f"if {value} is rt.NO_VALUE: return out")
+            field, fn, ref = step.own
+            if ref is not None:
+                value = f"x{src.positions[ref[0]]}.fields.get({ref[1]!r})"
+            else:
+                value = f"w{step.pos}"
+                src.emit(d, f"{value} = rt.probe_value({src.const('P', fn)}, env)")
+                src.emit(d, f"if {value} is rt.NO_VALUE: {'return out' if d == 2 else 'continue'}")
             src.emit(d, f"b{step.pos} = {src.index(step.pos, field)}.get(hkey({value}))")
             cands = f"(b{step.pos}.values() if b{step.pos} else ())"
         elif step.reverse is not None:
@@ -211,5 +216,6 @@ def _seed(src: _Source, rule: Rule, seed: int, plan: Any) -> None:
 def _check(src: _Source, check: Any) -> str:
     x = _var(check.pos)
     if check.ref is not None:
-        return f"same({x}.fields.get({check.field!r}), env[{check.ref[0]!r}].fields.get({check.ref[1]!r}))"
+        other = f"x{src.positions[check.ref[0]]}"
+        return f"same({x}.fields.get({check.field!r}), {other}.fields.get({check.ref[1]!r}))"
     return f"C({src.const('K', check.fn)}, env, {x}, {check.field!r})"

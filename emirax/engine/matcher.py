@@ -30,7 +30,7 @@ workflow.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,8 +53,9 @@ _MAP = ("Map",)
 
 
 def hkey(value: Any) -> Any:
-    """A hashable key that is equal for values `==` calls equal (1 and 1.0 share one; true and 1
-    do not). Probes still confirm with `equals`."""
+    """A hashable key that is equal exactly when the language's `==` calls two values equal (1
+    and 1.0 share one; true and 1 do not; lists and maps element by element), so a hash-index
+    hit needs no second test."""
     cls = value.__class__
     if cls is str or cls is int or cls is float or value is None:
         return value
@@ -120,16 +121,14 @@ class Memory:
     """An alpha memory: the facts of one type passing the same constant tests, with hash indexes
     on the fields joins probe."""
 
-    __slots__ = ("type", "tests", "facts", "index")
+    __slots__ = ("type", "tests", "facts", "index", "uses")
 
-    def __init__(self, fact_type: str, tests: list[Fn]) -> None:
+    def __init__(self, fact_type: str, tests: list[Fn], indexed: Iterable[str] = ()) -> None:
         self.type = fact_type
         self.tests = tests
         self.facts: dict[int, FactValue] = {}
-        self.index: dict[str, dict[Any, dict[int, FactValue]]] = {}
-
-    def add_index(self, field: str) -> None:
-        self.index.setdefault(field, {})
+        self.index: dict[str, dict[Any, dict[int, FactValue]]] = {f: {} for f in indexed}
+        self.uses: list[tuple[Rule, Element]] = []  # the patterns reading this memory
 
     def add(self, fact: FactValue) -> None:
         self.facts[fact.id] = fact
@@ -178,7 +177,7 @@ class _Step:
 
     pos: int
     binding: str | None
-    own: tuple[str, Fn] | None  # (indexed field, expr over bindings)
+    own: tuple[str, Fn, tuple[str, str] | None] | None  # (indexed field, expr, its ref)
     reverse: tuple[int, str, str] | None  # (bound pos, its field, indexed field here)
     checks: tuple[_Check, ...]
 
@@ -214,19 +213,24 @@ def make_plan(rule: Rule, seed: int) -> _Plan:
         if pos == seed:
             continue
         el = els[pos]
-        own = next(((j.field, j.fn) for j in el.joins if j.deps <= names), None)
+        probe = next((j for j in el.joins if j.deps <= names), None)
+        own = (probe.field, probe.fn, probe.ref) if probe is not None else None
+        probed = (pos, probe.fn) if probe is not None else None
         reverse = None
         if own is None and el.binding:
-            reverse = next(
-                ((q, j.field, j.ref[1]) for q in bound for j in els[q].joins
-                 if j.ref is not None and j.ref[0] == el.binding),
-                None,
-            )
+            found = next(((q, j) for q in bound for j in els[q].joins
+                          if j.ref is not None and j.ref[0] == el.binding), None)
+            if found is not None:
+                q, j = found
+                assert j.ref is not None
+                reverse, probed = (q, j.field, j.ref[1]), (q, j.fn)
         bound.append(pos)
         if el.binding:
             names.add(el.binding)
         pending += [(d, c) for d, c in _tests(el) if d <= positive_names]
         ready, pending = _ready(pending, names)
+        # The join a probe used holds already: an index hit is `==` (see `hkey`).
+        ready = tuple(c for c in ready if probed is None or (c.pos, c.fn) != (probed[0], probed[1]))
         steps.append(_Step(pos, el.binding, own, reverse, ready))
     return _Plan(seed_el.binding if seed_el.positive else None, first, tuple(steps))
 
@@ -286,6 +290,64 @@ class _Runtime:
 
 
 
+@dataclass
+class _Layout:
+    """The shape of a workflow's network, computed once per loaded version: which memories
+    exist, what they index, which patterns read them, and each rule's match code. A Matcher
+    instantiates it (empty memories) in a few microseconds."""
+
+    specs: list[tuple[str, list[Fn], tuple[str, Any] | None, list[str]]]  # type, tests, eq, indexed
+    uses: list[list[tuple[Rule, Element]]]  # per memory: the patterns reading it
+    element_memory: dict[tuple[int, int], int]
+    fully_checked: frozenset[tuple[int, int]]
+    rules: list[Rule]  # the enabled ones
+    factories: dict[int, Callable[..., RuleCode]]
+
+
+def _layout(workflow: Workflow) -> _Layout:
+    cached = workflow.match_code.get("layout")
+    if cached is not None:
+        return cached
+    keys: dict[str, int] = {}
+    specs: list[tuple[str, list[Fn], tuple[str, Any] | None, list[str]]] = []
+    uses: list[list[tuple[Rule, Element]]] = []
+    element_memory: dict[tuple[int, int], int] = {}
+    for fact_type, patterns in workflow.by_type.items():
+        for rule, el in patterns:
+            i = keys.get(el.alpha_key)
+            if i is None:
+                i = keys[el.alpha_key] = len(specs)
+                eq = (el.alpha_eq[0], hkey(el.alpha_eq[1])) if el.alpha_eq is not None else None
+                specs.append((fact_type, el.alpha, eq, []))
+                uses.append([])
+            element_memory[rule.index, el.pos] = i
+            uses[i].append((rule, el))
+    rules = [r for r in workflow.rules if r.enabled]
+    fully_checked = set()
+    for rule in rules:
+        names = _positive_names(rule)
+        binding_pos = {rule.elements[p].binding: p for p in rule.positives}
+        for el in rule.elements:
+            if el.kind == "not" and all(d <= names for d, _ in _tests(el)):
+                fully_checked.add((rule.index, el.pos))
+            for j in el.joins:
+                _index(specs[element_memory[rule.index, el.pos]][3], j.field)
+                if j.ref is not None:
+                    _index(specs[element_memory[rule.index, binding_pos[j.ref[0]]]][3], j.ref[1])
+    factories = {}
+    for rule in rules:
+        plans = {el.pos: make_plan(rule, el.pos) for el in rule.elements if el.type}
+        factories[rule.index] = rule_factory(rule, plans, post_checks(rule))
+    layout = _Layout(specs, uses, element_memory, frozenset(fully_checked), rules, factories)
+    workflow.match_code["layout"] = layout
+    return layout
+
+
+def _index(fields: list[str], field: str) -> None:
+    if field not in fields:
+        fields.append(field)
+
+
 class Matcher:
     """The incremental matcher of one workflow's working memory."""
 
@@ -295,60 +357,35 @@ class Matcher:
         self.errors: list[MatchError] = []
         self.meter = Meter(CONDITION_STEPS)
         self.frame = Frame({}, self.meter)
-        self.memories: dict[str, Memory] = {}
-        self.of_type: dict[str, list[Memory]] = {}  # memories whose constant tests run as code
+        layout = _layout(workflow)
+        self.memories = [Memory(t, tests, fields) for t, tests, _, fields in layout.specs]
+        # type -> memories whose constant tests run as code
+        self.of_type: dict[str, list[Memory]] = {}
         # type -> field -> hkey(constant) -> memories: `field == constant` tests, by hashing
         self.eq_of_type: dict[str, dict[str, dict[Any, list[Memory]]]] = {}
-        self.uses: dict[int, list[tuple[Rule, Element]]] = {}  # id(memory) -> its patterns
-        # Rules whose `not` patterns have every test checked by enumeration: an insert there can
-        # only block, so the tuples it finds are dropped without re-evaluation.
-        self.fully_checked: set[tuple[int, int]] = set()
+        for mem, (t, _, eq, _) in zip(self.memories, layout.specs):
+            if eq is None:
+                self.of_type.setdefault(t, []).append(mem)
+            else:
+                self.eq_of_type.setdefault(t, {}).setdefault(eq[0], {}).setdefault(eq[1], []).append(mem)
+        for mem, patterns in zip(self.memories, layout.uses):
+            mem.uses = patterns
+        # `not` patterns whose every test enumeration checks: an insert there can only block,
+        # so the tuples it finds are dropped without re-evaluation.
+        self.fully_checked = layout.fully_checked
         self.counts: dict[int, int] = {r.index: 0 for r in workflow.rules}  # activations per rule
-        self.mem: dict[tuple[int, int], Memory] = {}
         self.acts: dict[tuple[int, Any], Activation] = {}
         self.by_fact: dict[int, set[tuple[int, Any]]] = {}
         self.heap: list[tuple[tuple[Any, ...], int, Activation]] = []
         self.seq = 0
         self.code: dict[int, RuleCode] = {}
-        self._build()
-
-    def _build(self) -> None:
-        for fact_type, uses in self.workflow.by_type.items():
-            for rule, el in uses:
-                mem = self.memories.get(el.alpha_key)
-                if mem is None:
-                    mem = self.memories[el.alpha_key] = Memory(fact_type, el.alpha)
-                    if el.alpha_eq is not None:
-                        field, const = el.alpha_eq
-                        by_value = self.eq_of_type.setdefault(fact_type, {}).setdefault(field, {})
-                        by_value.setdefault(hkey(const), []).append(mem)
-                    else:
-                        self.of_type.setdefault(fact_type, []).append(mem)
-                self.mem[rule.index, el.pos] = mem
-                self.uses.setdefault(id(mem), []).append((rule, el))
-        rules = [r for r in self.workflow.rules if r.enabled]
-        for rule in rules:
-            names = _positive_names(rule)
-            for el in rule.elements:
-                if el.kind == "not" and all(d <= names for d, _ in _tests(el)):
-                    self.fully_checked.add((rule.index, el.pos))
-            binding_pos = {rule.elements[p].binding: p for p in rule.positives}
-            for el in rule.elements:
-                for j in el.joins:
-                    self.mem[rule.index, el.pos].add_index(j.field)
-                    if j.ref is not None:
-                        self.mem[rule.index, binding_pos[j.ref[0]]].add_index(j.ref[1])
-        for rule in rules:
-            factory = self.workflow.match_code.get(rule.index)
-            if factory is None:
-                plans = {el.pos: make_plan(rule, el.pos) for el in rule.elements if el.type}
-                factory = rule_factory(rule, plans, post_checks(rule))
-                self.workflow.match_code[rule.index] = factory
-            memories = {el.pos: self.mem[rule.index, el.pos] for el in rule.elements if el.type}
-            self.code[rule.index] = factory(memories, _Runtime(self, rule))
+        for rule in layout.rules:
+            memories = {el.pos: self.memories[layout.element_memory[rule.index, el.pos]]
+                        for el in rule.elements if el.type}
+            self.code[rule.index] = layout.factories[rule.index](memories, _Runtime(self, rule))
         # A rule without positive patterns (`not Chunk()`, a bare guard) has one tuple, the empty
         # one, which no insert would ever seed.
-        for rule in rules:
+        for rule in layout.rules:
             if not rule.positives:
                 self._evaluate_and_add(rule, ())
 
@@ -363,17 +400,17 @@ class Matcher:
         for m in entered:
             m.add(fact)
         for m in entered:
-            for rule, el in self.uses[id(m)]:
+            for rule, el in m.uses:
                 self._changed(rule, el, fact, inserted=True)
 
     def retract(self, fact: FactValue) -> None:
-        left = [m for m in self.memories.values() if m.type == fact.type and m.remove(fact.id)]
+        left = [m for m in self.memories if m.type == fact.type and m.remove(fact.id)]
         if not left:
             return
         for tkey in list(self.by_fact.get(fact.id, ())):
             self._drop(tkey)
         for m in left:
-            for rule, el in self.uses[id(m)]:
+            for rule, el in m.uses:
                 if not el.positive:
                     self._changed(rule, el, fact, inserted=False)
 

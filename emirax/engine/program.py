@@ -131,8 +131,8 @@ class Workflow:
     rules_by_name: dict[str, Rule]
     # Which (rule, element) read facts of each type: the matcher's routing table.
     by_type: dict[str, list[tuple[Rule, Element]]]
-    # The matcher's generated code per rule, compiled once per loaded version (matchcode.py).
-    match_code: dict[int, Any] = field(default_factory=dict, repr=False, compare=False)
+    # The matcher's network layout and generated code, built once per loaded version.
+    match_code: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def fact_defaults(self, fact_type: str) -> Mapping[str, Any]:
         ft = self.facts.get(fact_type)

@@ -111,22 +111,27 @@ class Invocation:
                 "facts": self.facts, "options": self.options, "rule": self.rule}
 
 
-@dataclass
 class Delta:
-    inserted: list[FactValue] = field(default_factory=list)
-    modified: list[FactValue] = field(default_factory=list)
-    retracted: list[int] = field(default_factory=list)
-    invocations: list[Invocation] = field(default_factory=list)
-    cancelled: list[int] = field(default_factory=list)
-    fired: list[Any] = field(default_factory=list)
-    opened: list[Pending] = field(default_factory=list)
-    updated: list[Pending] = field(default_factory=list)
-    closed: list[int] = field(default_factory=list)
-    status: str = "waiting"
-    output: dict[str, Any] | None = None
-    error: dict[str, Any] | None = None
-    firings: int = 0
-    trace: list[dict[str, Any]] = field(default_factory=list)
+    """What one step changed (see the module docstring); built by `step`, read by hosts."""
+
+    __slots__ = ("inserted", "modified", "retracted", "invocations", "cancelled", "fired",
+                 "opened", "updated", "closed", "status", "output", "error", "firings", "trace")
+
+    def __init__(self) -> None:
+        self.inserted: list[FactValue] = []
+        self.modified: list[FactValue] = []
+        self.retracted: list[int] = []
+        self.invocations: list[Invocation] = []
+        self.cancelled: list[int] = []
+        self.fired: list[Any] = []  # refraction keys
+        self.opened: list[Pending] = []
+        self.updated: list[Pending] = []
+        self.closed: list[int] = []
+        self.status = "waiting"
+        self.output: dict[str, Any] | None = None
+        self.error: dict[str, Any] | None = None
+        self.firings = 0
+        self.trace: list[dict[str, Any]] = []
 
     def to_json(self) -> dict[str, Any]:
         fact = lambda f: {"id": f.id, "version": f.version, "type": f.type, "fields": f.fields}  # noqa: E731
@@ -172,6 +177,7 @@ class _Step:
         self.touched: dict[int, int | None] = {}  # fact id -> version before this step
         self.status_before = state.status
         self.matcher: Any = None
+        self.meter = Meter(limits.steps)  # one per step, reset for each section run
 
     # ── driving ────────────────────────────────────────────────────────────────────────────────
 
@@ -197,18 +203,20 @@ class _Step:
     def _check_event(self, event: Event) -> list[tuple[str, dict[str, Any]]]:
         """Refuse a bad event before anything changes (facts are validated here)."""
         state = self.state
-        if isinstance(event, Start):
-            if state.next_fact > 1 or state.fired or state.status != "waiting":
-                raise EngineError(f"workflow {state.workflow} has already started")
-        elif isinstance(event, AddFacts):
-            if state.status == "failed":
-                raise EngineError("the workflow has failed: facts can no longer be added")
-        elif isinstance(event, Result):
+        cls = event.__class__
+        if cls is Result:
             try:
                 data(event.value, "as a function result")
             except RuleError as exc:
                 raise InputError(f"invocation {event.call}: {exc.message}") from None
-        elif not isinstance(event, (Failure, Reevaluate)):
+            return _NO_FACTS
+        if cls is Start:
+            if state.next_fact > 1 or state.fired or state.status != "waiting":
+                raise EngineError(f"workflow {state.workflow} has already started")
+        elif cls is AddFacts:
+            if state.status == "failed":
+                raise EngineError("the workflow has failed: facts can no longer be added")
+        elif cls is not Failure and cls is not Reevaluate:
             raise EngineError(f"unknown event {event!r}")
         if isinstance(event, (Start, AddFacts)):
             return [self._input_fact(f, i) for i, f in enumerate(event.facts)]
@@ -255,22 +263,21 @@ class _Step:
             state.version = self.wf.version
 
     def _apply_event(self, event: Event, facts: list[tuple[str, dict[str, Any]]]) -> None:
-        if isinstance(event, (Start, AddFacts)):
-            self._trace("start" if isinstance(event, Start) else "facts", count=len(facts))
+        cls = event.__class__
+        if cls is Result:
+            self._result(event)  # type: ignore[arg-type]
+        elif cls is Start or cls is AddFacts:
+            self._trace("start" if cls is Start else "facts", count=len(facts))
             self._effects([("insert", t, f) for t, f in facts], None)
-        elif isinstance(event, Result):
-            self._result(event)
-        elif isinstance(event, Failure):
-            self._failure(event)
+        elif cls is Failure:
+            self._failure(event)  # type: ignore[arg-type]
 
     def _quiesce(self) -> None:
-        m = self.matcher
-        while True:
-            act = m.pop()
-            if act is None:
-                break
-            self._fire(act)
-        self._match_errors()
+        pop, fire = self.matcher.pop, self._fire
+        while (act := pop()) is not None:
+            fire(act)
+        if self.matcher.errors:
+            self._match_errors()
 
     def _finish(self) -> Delta:
         state, delta = self.state, self.delta
@@ -321,8 +328,10 @@ class _Step:
                  host: _SectionHost) -> Any:
         """Run a section and apply its effects; on error, run the error section or fail."""
         section = getattr(rule, name)
+        meter = self.meter
+        meter.used, meter.rule = 0, rule.name
         try:
-            value = section.run(env, param, host, Meter(self.limits.steps, rule.name))
+            value = section.run(env, param, host, meter)
         except Failed as exc:
             self._fail(rule, name, "Failed", exc.reason, exc.at)
         except LimitError as exc:
@@ -337,9 +346,9 @@ class _Step:
         self._effects(host.effects, rule)
         return value
 
-    def _open(self, rule: Rule, env: Mapping[str, Any], value: Any, host: _SectionHost) -> None:
+    def _open(self, rule: Rule, env: dict[str, Any], value: Any, host: _SectionHost) -> None:
         state = self.state
-        p = Pending(state.next_pending, rule.name, dict(env), value,
+        p = Pending(state.next_pending, rule.name, env, value,  # the activation's own dict
                     [c.id for c in host.calls], labels=[c.label for c in host.calls])
         state.next_pending += 1
         state.pending[p.id] = p
@@ -371,7 +380,7 @@ class _Step:
         p = self._take(event.call, "a result")
         if p is None:
             return
-        p.results[event.call] = data(event.value, "as a function result")  # checked: plain data
+        p.results[event.call] = event.value  # checked to be data; the engine now owns it
         if self.tracing:
             self._trace("result", call=event.call)
         if len(p.results) < len(p.calls):
@@ -436,7 +445,8 @@ class _Step:
         key = (fact_type, hkey(fields))
         if key in state.identity:
             return  # a set: an equal fact is present
-        self._check_size(fact_type, fields, rule)
+        if _size_bound(fields) > self.limits.fact_bytes:
+            self._check_size(fact_type, fields, rule)
         if len(state.facts) >= self.limits.facts:
             self._fail(rule, "action", "FactLimit",
                        f"the workflow would hold more than {self.limits.facts} facts", None)
@@ -533,6 +543,7 @@ class _Step:
 # Traced even with trace=False: what a host must know about.
 _ALWAYS = frozenset(("fail", "status", "ignored", "version", "dropped"))
 _FAILED = object()
+_NO_FACTS: list[tuple[str, dict[str, Any]]] = []
 
 
 def _size_bound(fields: dict[str, Any]) -> int:
