@@ -57,6 +57,8 @@ Python recursion past its limit becomes a LimitError.
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -228,6 +230,8 @@ def data(value: Any, where: str = "in a fact") -> Any:
     refused. Returns `value` itself when it already is plain data."""
     cls = value.__class__
     if cls in _SCALARS:
+        if cls is float and not math.isfinite(value):
+            raise RuleError(f"{value} cannot be stored {where}: numbers must be finite", "TypeError")
         return value
     if cls is list:
         out = [data(x, where) for x in value]

@@ -503,13 +503,14 @@ class Matcher:
             return all(truthy(self._value(t, {}, fact)) for t in mem.tests)
         except LimitError:
             raise
-        except RuleError as exc:
-            self.errors.append(MatchError("", exc.at, exc.message))
+        except RuleError as exc:  # a shared memory: name the first rule that reads it
+            self.errors.append(MatchError(mem.uses[0][0].name, exc.at, exc.message))
             return False
 
     def _error(self, rule: Rule, exc: RuleError) -> None:
         if isinstance(exc, LimitError):
             exc.message = f"rule '{rule.name}': a match condition used more than {exc.limit} steps"
             exc.args = (exc.message,)
+            exc.rule = rule.name  # the step blames this rule, not the one whose change woke it
             raise exc
         self.errors.append(MatchError(rule.name, exc.at, exc.message))

@@ -57,11 +57,11 @@ class NaiveMatcher:
                 if truthy(self._run(el.guard.fn, env, None)):
                     yield from self._from(rule, k + 1, env, facts, collected)
                 return
-            matching = [f for f in sorted(self.facts.values(), key=lambda f: f.id)
-                        if f.type == el.type and self._matches(el, f, env)]
         except RuleError as exc:
             self.errors.append(MatchError(rule.name, exc.at, exc.message))
             return
+        matching = [f for f in sorted(self.facts.values(), key=lambda f: f.id)
+                    if f.type == el.type and self._matches_or_error(rule, el, f, env)]
         if el.kind == "fact":
             for f in matching:
                 if el.binding:
@@ -77,6 +77,14 @@ class NaiveMatcher:
             yield from self._from(rule, k + 1, env, facts, collected + [matching])
             if el.binding:
                 env.pop(el.binding, None)
+
+    def _matches_or_error(self, rule: Rule, el: Element, fact: FactValue, env: dict[str, Any]) -> bool:
+        """A test that raises makes this one fact not match (and is reported), as in Matcher."""
+        try:
+            return self._matches(el, fact, env)
+        except RuleError as exc:
+            self.errors.append(MatchError(rule.name, exc.at, exc.message))
+            return False
 
     def _matches(self, el: Element, fact: FactValue, env: dict[str, Any]) -> bool:
         tests = [(None, fn) for fn in el.alpha] + [(j.field, j.fn) for j in el.joins]

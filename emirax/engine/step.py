@@ -178,6 +178,7 @@ class _Step:
         self.status_before = state.status
         self.matcher: Any = None
         self.meter = Meter(limits.steps)  # one per step, reset for each section run
+        self.event_firings = 0  # the firing limit is per evaluation, so per event of a batch
 
     # ── driving ────────────────────────────────────────────────────────────────────────────────
 
@@ -185,12 +186,21 @@ class _Step:
         state = self.state
         if state.workflow != self.wf.name:
             raise EngineError(f"this state belongs to {state.workflow}, not {self.wf.name}")
+        if any(e.__class__ is Start for e in events[1:]):
+            raise EngineError("Start can only be the first event of a batch")
         checked = [(event, self._check_event(event)) for event in events]
+        added = sum(len(facts) for e, facts in checked if e.__class__ in (Start, AddFacts))
+        if added and len(state.facts) + added > self.limits.facts:
+            raise InputError(f"the workflow would hold more than {self.limits.facts} facts "
+                             f"({len(state.facts)} now, {added} added)")
         for event, facts in checked:
-            if state.status == "failed":  # terminal: a late result changes nothing
+            if state.status == "failed":  # terminal: a late result or fact changes nothing
                 if isinstance(event, (Result, Failure)):
                     self._trace("ignored", call=event.call, reason="the workflow has failed")
+                elif isinstance(event, AddFacts):
+                    self._trace("ignored", reason="facts for a workflow that has failed")
                 continue
+            self.event_firings = 0
             try:
                 if self.matcher is None or isinstance(event, Reevaluate):
                     self._ensure_matcher(isinstance(event, Reevaluate))
@@ -200,8 +210,9 @@ class _Step:
                 pass
         return self._finish()
 
-    def _check_event(self, event: Event) -> list[tuple[str, dict[str, Any]]]:
-        """Refuse a bad event before anything changes (facts are validated here)."""
+    def _check_event(self, event: Event) -> Any:
+        """Refuse a bad event before anything changes. Returns what the event carries, checked
+        and copied: the facts of Start/AddFacts, the value of a Result."""
         state = self.state
         cls = event.__class__
         if cls is Result:
@@ -209,7 +220,8 @@ class _Step:
                 data(event.value, "as a function result")
             except RuleError as exc:
                 raise InputError(f"invocation {event.call}: {exc.message}") from None
-            return _NO_FACTS
+            # the engine keeps a copy, so the host's object stays its own
+            return _copy(event.value)
         if cls is Start:
             if state.next_fact > 1 or state.fired or state.status != "waiting":
                 raise EngineError(f"workflow {state.workflow} has already started")
@@ -218,6 +230,8 @@ class _Step:
                 raise EngineError("the workflow has failed: facts can no longer be added")
         elif cls is not Failure and cls is not Reevaluate:
             raise EngineError(f"unknown event {event!r}")
+        else:
+            return None
         if isinstance(event, (Start, AddFacts)):
             return [self._input_fact(f, i) for i, f in enumerate(event.facts)]
         return []
@@ -232,7 +246,7 @@ class _Step:
         if not isinstance(fact_type, str):
             raise InputError(f"fact {i + 1}: \"type\" must be a string")
         try:
-            fields = self.wf.make_fact(fact_type, fields)
+            fields = self.wf.make_fact(fact_type, _copy(fields))
             size = len(_compact(fields))
         except InputError as exc:
             raise InputError(f"fact {i + 1}: {exc}") from None
@@ -248,9 +262,9 @@ class _Step:
         m = state.matcher
         if m is None or state.matcher_for is not self.wf or type(m) is not self.matcher_cls:
             state.identity = {(f.type, hkey(dict(f.fields))): i for i, f in state.facts.items()}
-            m = self.matcher_cls(self.wf, state.fired)
-            state.matcher, state.matcher_for = m, self.wf
             try:
+                m = self.matcher_cls(self.wf, state.fired)
+                state.matcher, state.matcher_for = m, self.wf
                 for _, f in sorted(state.facts.items()):
                     m.insert(f)
             except LimitError as exc:
@@ -262,10 +276,10 @@ class _Step:
                 self._trace("version", **{"from": state.version, "to": self.wf.version})
             state.version = self.wf.version
 
-    def _apply_event(self, event: Event, facts: list[tuple[str, dict[str, Any]]]) -> None:
+    def _apply_event(self, event: Event, facts: Any) -> None:
         cls = event.__class__
         if cls is Result:
-            self._result(event)  # type: ignore[arg-type]
+            self._result(event, facts)  # type: ignore[arg-type]
         elif cls is Start or cls is AddFacts:
             self._trace("start" if cls is Start else "facts", count=len(facts))
             self._effects([("insert", t, f) for t, f in facts], None)
@@ -307,7 +321,8 @@ class _Step:
     def _fire(self, act: Activation) -> None:
         rule, delta = act.rule, self.delta
         delta.firings += 1
-        if delta.firings > self.limits.firings:
+        self.event_firings += 1
+        if self.event_firings > self.limits.firings:
             self._fail(rule, "match", "FiringLimit",
                        f"more than {self.limits.firings} firings in one evaluation "
                        f"(do the rule's own inserts or modifies match it again?)", None)
@@ -376,11 +391,11 @@ class _Step:
             return None
         return state.pending[pid]
 
-    def _result(self, event: Result) -> None:
+    def _result(self, event: Result, value: Any) -> None:
         p = self._take(event.call, "a result")
         if p is None:
             return
-        p.results[event.call] = event.value  # checked to be data; the engine now owns it
+        p.results[event.call] = value  # checked to be data, and copied
         if self.tracing:
             self._trace("result", call=event.call)
         if len(p.results) < len(p.calls):
@@ -509,6 +524,9 @@ class _Step:
     # ── failing ────────────────────────────────────────────────────────────────────────────────
 
     def _fail_limit(self, rule: Rule | None, exc: LimitError, section: str = "match") -> None:
+        culprit = getattr(exc, "rule", None)  # a match condition names its own rule
+        if culprit is not None:
+            rule, section = self.wf.rules_by_name.get(culprit, rule), "match"
         self._fail(rule, section, exc.type, exc.message, exc.at)
 
     def _fail(self, rule: Rule | None, section: str, type_: str, message: str,
@@ -543,7 +561,16 @@ class _Step:
 # Traced even with trace=False: what a host must know about.
 _ALWAYS = frozenset(("fail", "status", "ignored", "version", "dropped"))
 _FAILED = object()
-_NO_FACTS: list[tuple[str, dict[str, Any]]] = []
+
+
+def _copy(value: Any) -> Any:
+    """A copy of JSON data (lists and maps all the way down)."""
+    cls = value.__class__
+    if cls is dict:
+        return {k: _copy(v) for k, v in value.items()}
+    if cls is list:
+        return [_copy(v) for v in value]
+    return value
 
 
 def _size_bound(fields: dict[str, Any]) -> int:
