@@ -33,7 +33,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from emirax.engine.code import Failed, LimitError, Meter, Placeholder, data, resolve
+from emirax.engine.code import Failed, LimitError, Meter, Placeholder, RecordingHost, data, resolve
 from emirax.engine.matcher import Activation, Matcher, hkey
 from emirax.engine.program import EngineError, InputError, Rule, Workflow
 from emirax.engine.state import Pending, WorkflowState
@@ -334,7 +334,7 @@ class _Step:
         value = self._section(rule, "action", act.env, None, host)
         if value is _FAILED:
             return
-        if host.calls:
+        if host.calls_made:
             self._open(rule, act.env, value, host)
         elif rule.reaction is not None:
             self._reaction(rule, act.env, value)
@@ -364,7 +364,7 @@ class _Step:
     def _open(self, rule: Rule, env: dict[str, Any], value: Any, host: _SectionHost) -> None:
         state = self.state
         p = Pending(state.next_pending, rule.name, env, value,  # the activation's own dict
-                    [c.id for c in host.calls], labels=[c.label for c in host.calls])
+                    [c.id for c in host.calls_made], labels=[c.label for c in host.calls_made])
         state.next_pending += 1
         state.pending[p.id] = p
         for c in p.calls:
@@ -378,7 +378,7 @@ class _Step:
     def _reaction(self, rule: Rule, env: Mapping[str, Any], value: Any) -> None:
         host = _SectionHost(self, rule)
         self._section(rule, "reaction", env, value, host)
-        if host.calls:
+        if host.calls_made:
             self._fail(rule, "reaction", "RuleError", "a reaction cannot call functions", None)
 
     # ── invocation results ─────────────────────────────────────────────────────────────────────
@@ -592,36 +592,16 @@ def _compact(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
-class _SectionHost:
-    """The Host a section runs against: effects are buffered and applied when it returns."""
-
-    __slots__ = ("run", "rule", "effects", "calls", "invocations")
+class _SectionHost(RecordingHost):
+    """The Host a section runs against: effects are recorded (as RecordingHost does) and applied
+    when the section returns; calls become invocations of this workflow."""
 
     def __init__(self, run: _Step, rule: Rule) -> None:
+        super().__init__()
         self.run = run
         self.rule = rule
-        self.effects: list[tuple[Any, ...]] = []
-        self.calls: list[Placeholder] = []
+        self.calls_made: list[Placeholder] = []
         self.invocations: list[Invocation] = []
-
-    def insert(self, fact_type: str, fields: dict[str, Any]) -> None:
-        self.effects.append(("insert", fact_type, fields))
-
-    def modify(self, fact: FactValue, fields: dict[str, Any]) -> FactValue:
-        self.effects.append(("modify", fact, fields))
-        return FactValue(fact.type, {**fact.fields, **fields}, fact.id, fact.version + 1)
-
-    def retract(self, fact: FactValue) -> None:
-        self.effects.append(("retract", fact))
-
-    def complete(self, fields: dict[str, Any]) -> None:
-        self.effects.append(("complete", fields))
-
-    def fail(self, reason: str) -> None:
-        pass  # `Failed` follows; the step fails the workflow
-
-    def log(self, message: str) -> None:
-        self.effects.append(("log", message))
 
     def _call(self, kind: str, name: str, label: str, args: list[Any],
               facts: list[dict[str, Any]], options: dict[str, Any]) -> Placeholder:
@@ -629,7 +609,7 @@ class _SectionHost:
         cid = state.next_call
         state.next_call += 1
         ph = Placeholder(cid, label)
-        self.calls.append(ph)
+        self.calls_made.append(ph)
         self.invocations.append(Invocation(cid, kind, name, args, facts, options, self.rule.name))
         return ph
 
