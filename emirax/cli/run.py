@@ -18,7 +18,7 @@ import typer
 
 from emirax import bundle as bundlemod
 from emirax.cli.build import JsonOption, _build, _report_failure
-from emirax.cli.output import err, error_message, fail, out, print_json, print_summary
+from emirax.cli.output import err, error_message, fail, print_json, print_summary
 from emirax.engine.program import EngineError, Program
 from emirax.errors import EmiraxError, IRError
 from emirax.local import LocalRun, load_functions

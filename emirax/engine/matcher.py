@@ -10,11 +10,16 @@ The network:
   Chunk memory on `index` too).
 - No beta memories (TREAT): partial tuples are not stored. When a fact enters or leaves a memory,
   the matcher enumerates only the tuples that fact can take part in, starting from it and probing
-  the other patterns' indexes along the joins (a per-(rule, pattern) plan computed once), so the
-  cost of a change follows the facts it joins with, not the size of working memory.
+  the other patterns' indexes along the joins (a per-(rule, pattern) plan, computed once per
+  loaded version and compiled to straight-line Python by `matchcode.py`), so the cost of a
+  change follows the facts it joins with, not the size of working memory. A probe's hit needs
+  no second test: `hkey` is equal exactly when `==` is.
 - A change to a `not`, `exists` or `collect` pattern re-evaluates exactly the tuples whose bindings
   the changed fact satisfies (found the same way), replacing their activation: blocked, unblocked,
-  or given a new collect list.
+  or given a new collect list. An insert into a `not` only drops (it can only block), and nothing
+  when the rule has no activation.
+- The network's layout (memories, indexes, which patterns read which memory, the match code) is
+  built once per loaded version and cached on the Workflow; a Matcher only creates empty memories.
 - The conflict set holds complete activations by tuple, with an index from fact id to the
   activations holding it (a retract removes them), and a heap in agenda order: salience (high
   first), rule order, then the tuple's fact ids (oldest first), then the collect lists' ids.
@@ -36,10 +41,10 @@ from typing import Any
 
 from emirax.engine.code import Fn, Frame, LimitError, Meter
 from emirax.engine.matchcode import RuleCode, rule_factory
-from emirax.engine.program import Element, Rule, Test, Workflow
+from emirax.engine.program import Element, Rule, Workflow
 from emirax.engine.values import FactValue, RuleError, equals, truthy
 
-__all__ = ["Activation", "Matcher", "MatchError", "RefractionKey", "hkey", "order_key"]
+__all__ = ["Activation", "Matcher", "MatchError", "RefractionKey", "hkey", "make_activation"]
 
 RefractionKey = tuple[str, tuple[tuple[int, int], ...], tuple[tuple[tuple[int, int], ...], ...]]
 
@@ -89,11 +94,6 @@ class MatchError:
     rule: str
     at: list[int] | None
     message: str
-
-
-def order_key(rule: Rule, facts: Iterable[FactValue], collected: Iterable[list[FactValue]]) -> tuple[Any, ...]:
-    return (-rule.salience, rule.index, tuple(f.id for f in facts),
-            tuple(tuple(f.id for f in lst) for lst in collected))
 
 
 def make_activation(rule: Rule, facts: tuple[FactValue, ...], env: dict[str, Any],
@@ -481,11 +481,6 @@ class Matcher:
         act = self.code[rule.index].evaluate(facts)
         if act is not None and act.key not in self.fired:
             self._add(act)
-
-    def evaluate(self, rule: Rule, facts: tuple[FactValue, ...]) -> Activation | None:
-        """The activation of `facts` (the positive patterns' facts) under every condition of the
-        rule against current memory, or None when a condition fails."""
-        return self.code[rule.index].evaluate(facts)
 
     # ── running condition code ─────────────────────────────────────────────────────────────────
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from emirax.engine.code import Failed, LimitError, Meter, Placeholder, RecordingHost, data, resolve
