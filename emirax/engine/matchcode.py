@@ -131,7 +131,7 @@ def _condition(src: _Source, d: int, el: Element) -> None:
         value = _join_value(src, j, d)
         bucket = f"b{el.pos}"
         src.emit(d, f"{bucket} = {src.index(el.pos, j.field)}.get(hkey({value}))")
-        cands = f"({bucket}.values() if {bucket} else ())"
+        cands = _bucket(bucket)
     else:
         cands = f"{src.memory(el.pos)}.values()"
     test = _passes(src, el, y, d, skip_first=bool(el.joins))
@@ -195,11 +195,11 @@ def _seed(src: _Source, rule: Rule, seed: int, plan: Any) -> None:
                 src.emit(d, f"{value} = rt.probe_value({src.const('P', fn)}, env)")
                 src.emit(d, f"if {value} is rt.NO_VALUE: {'return out' if d == 2 else 'continue'}")
             src.emit(d, f"b{step.pos} = {src.index(step.pos, field)}.get(hkey({value}))")
-            cands = f"(b{step.pos}.values() if b{step.pos} else ())"
+            cands = _bucket(f"b{step.pos}")
         elif step.reverse is not None:
             q, field, indexed = step.reverse
             src.emit(d, f"b{step.pos} = {src.index(step.pos, indexed)}.get(hkey({_var(q)}.fields.get({field!r})))")
-            cands = f"(b{step.pos}.values() if b{step.pos} else ())"
+            cands = _bucket(f"b{step.pos}")
         else:
             cands = f"{src.memory(step.pos)}.values()"
         src.emit(d, f"for {x} in {cands}:")
@@ -211,6 +211,11 @@ def _seed(src: _Source, rule: Rule, seed: int, plan: Any) -> None:
     tuple_ = ", ".join(_var(p) for p in rule.positives)
     src.emit(d, f"out.append(({tuple_},))" if rule.positives else "out.append(())")
     src.emit(2, "return out")
+
+
+def _bucket(var: str) -> str:
+    """The facts of an index bucket held in `var`: none, one fact, or a dict of them by id."""
+    return f"(() if {var} is None else {var}.values() if {var}.__class__ is dict else ({var},))"
 
 
 def _check(src: _Source, check: Any) -> str:

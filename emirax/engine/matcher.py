@@ -119,7 +119,8 @@ def same(a: Any, b: Any) -> bool:
 
 class Memory:
     """An alpha memory: the facts of one type passing the same constant tests, with hash indexes
-    on the fields joins probe."""
+    on the fields joins probe. A bucket of an index is the one fact with that key, or a dict of
+    them by id when there are several (most keys hold one: no dict is made for it)."""
 
     __slots__ = ("type", "tests", "facts", "index", "uses")
 
@@ -136,9 +137,11 @@ class Memory:
             k = hkey(fact.fields.get(name))
             bucket = idx.get(k)
             if bucket is None:
-                idx[k] = {fact.id: fact}
-            else:
+                idx[k] = fact  # most keys hold one fact: no dict for it
+            elif bucket.__class__ is dict:
                 bucket[fact.id] = fact
+            else:
+                idx[k] = {bucket.id: bucket, fact.id: fact}
 
     def remove(self, fact_id: int) -> FactValue | None:
         fact = self.facts.pop(fact_id, None)
@@ -146,15 +149,13 @@ class Memory:
             for name, idx in self.index.items():
                 k = hkey(fact.fields.get(name))
                 bucket = idx.get(k)
-                if bucket is not None:
+                if bucket.__class__ is dict:
                     bucket.pop(fact_id, None)
-                    if not bucket:
-                        del idx[k]
+                    if len(bucket) == 1:
+                        idx[k] = next(iter(bucket.values()))
+                elif bucket is not None and bucket.id == fact_id:
+                    del idx[k]
         return fact
-
-    def probe(self, field: str, value: Any) -> Iterable[FactValue]:
-        bucket = self.index[field].get(hkey(value))
-        return () if bucket is None else bucket.values()
 
 
 # ── plans ──────────────────────────────────────────────────────────────────────────────────────

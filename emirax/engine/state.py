@@ -15,13 +15,20 @@ placeholder for every call, filled in as results arrive.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from emirax.engine.code import Placeholder
-from emirax.engine.values import FactValue
+from emirax.engine.matcher import hkey
+from emirax.engine.values import FactValue, equals
 
-__all__ = ["Pending", "WorkflowState", "decode", "encode"]
+__all__ = ["Pending", "WorkflowState", "decode", "encode", "fact_hash"]
+
+
+def fact_hash(fact_type: str, fields: Mapping[str, Any]) -> int:
+    """Equal for facts the language calls equal (`hkey` of the fields)."""
+    return hash((fact_type, hkey(fields)))
 
 
 @dataclass
@@ -68,7 +75,50 @@ class WorkflowState:
     # Not state: the matcher built for one workflow version, and the identity index of the set.
     matcher: Any = field(default=None, repr=False, compare=False)
     matcher_for: Any = field(default=None, repr=False, compare=False)
-    identity: dict[Any, int] | None = field(default=None, repr=False, compare=False)
+    # hash of (type, fields) -> the fact id, or the ids, with that hash: only an int per fact is
+    # kept; equal hashes are told apart with `==` (see find_equal).
+    identity: dict[int, Any] | None = field(default=None, repr=False, compare=False)
+
+    def index_facts(self) -> None:
+        """Build the set index from the facts (after a load, or for a new matcher)."""
+        self.identity = {}
+        for fact in self.facts.values():
+            self.remember(fact)
+
+    def find_equal(self, fact_type: str, fields: Mapping[str, Any], h: int) -> int | None:
+        """The id of a present fact equal to (fact_type, fields), whose hash is `h`."""
+        found = self.identity.get(h)  # type: ignore[union-attr]
+        if found is None:
+            return None
+        for fid in (found if found.__class__ is list else (found,)):
+            other = self.facts[fid]
+            if other.type == fact_type and equals(dict(other.fields), dict(fields)):
+                return fid
+        return None
+
+    def remember(self, fact: FactValue, h: int | None = None) -> None:
+        identity = self.identity
+        assert identity is not None
+        h = fact_hash(fact.type, fact.fields) if h is None else h
+        found = identity.get(h)
+        if found is None:
+            identity[h] = fact.id
+        elif found.__class__ is list:
+            found.append(fact.id)
+        else:
+            identity[h] = [found, fact.id]
+
+    def forget(self, fact: FactValue) -> None:
+        identity = self.identity
+        assert identity is not None
+        h = fact_hash(fact.type, fact.fields)
+        found = identity.get(h)
+        if found.__class__ is list:
+            found.remove(fact.id)
+            if len(found) == 1:
+                identity[h] = found[0]
+        elif found == fact.id:
+            del identity[h]
 
     @classmethod
     def new(cls, workflow: str) -> WorkflowState:

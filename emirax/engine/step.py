@@ -34,9 +34,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from emirax.engine.code import Failed, LimitError, Meter, Placeholder, RecordingHost, data, resolve
-from emirax.engine.matcher import Activation, Matcher, hkey
+from emirax.engine.matcher import Activation, Matcher
 from emirax.engine.program import EngineError, InputError, Rule, Workflow
-from emirax.engine.state import Pending, WorkflowState
+from emirax.engine.state import Pending, WorkflowState, fact_hash
 from emirax.engine.values import FactValue, RuleError, equals
 
 __all__ = [
@@ -186,10 +186,15 @@ class _Step:
         state = self.state
         if state.workflow != self.wf.name:
             raise EngineError(f"this state belongs to {state.workflow}, not {self.wf.name}")
-        if any(e.__class__ is Start for e in events[1:]):
-            raise EngineError("Start can only be the first event of a batch")
-        checked = [(event, self._check_event(event)) for event in events]
-        added = sum(len(facts) for e, facts in checked if e.__class__ in (Start, AddFacts))
+        checked = []
+        added = 0
+        for i, event in enumerate(events):
+            if i and event.__class__ is Start:
+                raise EngineError("Start can only be the first event of a batch")
+            payload = self._check_event(event)
+            if event.__class__ is Start or event.__class__ is AddFacts:
+                added += len(payload)
+            checked.append((event, payload))
         if added and len(state.facts) + added > self.limits.facts:
             raise InputError(f"the workflow would hold more than {self.limits.facts} facts "
                              f"({len(state.facts)} now, {added} added)")
@@ -261,7 +266,7 @@ class _Step:
         state = self.state
         m = state.matcher
         if m is None or state.matcher_for is not self.wf or type(m) is not self.matcher_cls:
-            state.identity = {(f.type, hkey(dict(f.fields))): i for i, f in state.facts.items()}
+            state.index_facts()
             try:
                 m = self.matcher_cls(self.wf, state.fired)
                 state.matcher, state.matcher_for = m, self.wf
@@ -304,7 +309,8 @@ class _Step:
                 state.status = "waiting"
         if state.status != self.status_before:
             self._trace("status", **{"from": self.status_before, "to": state.status})
-        for fid, before in sorted(self.touched.items()):
+        touched = self.touched
+        for fid, before in (sorted(touched.items()) if len(touched) > 1 else touched.items()):
             now = state.facts.get(fid)
             if before is None:
                 if now is not None:
@@ -457,8 +463,8 @@ class _Step:
 
     def _insert(self, fact_type: str, fields: dict[str, Any], rule: Rule | None) -> None:
         state = self.state
-        key = (fact_type, hkey(fields))
-        if key in state.identity:
+        h = fact_hash(fact_type, fields)
+        if h in state.identity and state.find_equal(fact_type, fields, h) is not None:
             return  # a set: an equal fact is present
         if _size_bound(fields) > self.limits.fact_bytes:
             self._check_size(fact_type, fields, rule)
@@ -469,7 +475,7 @@ class _Step:
         state.next_fact += 1
         fact = FactValue(fact_type, fields, fid, 1)
         state.facts[fid] = fact
-        state.identity[key] = fid
+        state.remember(fact, h)
         self.touched.setdefault(fid, None)
         if self.tracing:
             self._trace("insert", rule=rule.name if rule else None, fact=fid, type=fact_type)
@@ -485,16 +491,16 @@ class _Step:
         fields = {**cur.fields, **changes}
         if equals(fields, dict(cur.fields)):
             return  # nothing changes: no new version, so no new activation
-        key = (cur.type, hkey(fields))
-        if key in state.identity:  # now equal to another fact: the set keeps that one
+        h = fact_hash(cur.type, fields)
+        if state.find_equal(cur.type, fields, h) is not None:  # the set keeps the one present
             self._retract(cur.id, rule)
             return
         self._check_size(cur.type, fields, rule)
         new = FactValue(cur.type, fields, cur.id, cur.version + 1)
         self.touched.setdefault(cur.id, cur.version)
-        del state.identity[(cur.type, hkey(dict(cur.fields)))]
-        state.identity[key] = cur.id
+        state.forget(cur)
         state.facts[cur.id] = new
+        state.remember(new, h)
         if self.tracing:
             self._trace("modify", rule=rule.name if rule else None, fact=cur.id,
                         version=new.version)
@@ -507,7 +513,7 @@ class _Step:
         if cur is None:
             return
         self.touched.setdefault(fid, cur.version)
-        state.identity.pop((cur.type, hkey(dict(cur.fields))), None)
+        state.forget(cur)
         if self.tracing:
             self._trace("retract", rule=rule.name if rule else None, fact=fid)
         self.matcher.retract(cur)
