@@ -497,16 +497,22 @@ class Matcher:
             return True
         try:
             return all(truthy(self._value(t, {}, fact)) for t in mem.tests)
-        except LimitError:
-            raise
+        except LimitError as exc:
+            raise runaway(mem.uses[0][0], exc) from None
         except RuleError as exc:  # a shared memory: name the first rule that reads it
             self.errors.append(MatchError(mem.uses[0][0].name, exc.at, exc.message))
             return False
 
     def _error(self, rule: Rule, exc: RuleError) -> None:
         if isinstance(exc, LimitError):
-            exc.message = f"rule '{rule.name}': a match condition used more than {exc.limit} steps"
-            exc.args = (exc.message,)
-            exc.rule = rule.name  # the step blames this rule, not the one whose change woke it
-            raise exc
+            raise runaway(rule, exc) from None
         self.errors.append(MatchError(rule.name, exc.at, exc.message))
+
+
+def runaway(rule: Rule, exc: LimitError) -> LimitError:
+    """A match condition past its step budget, named for its rule (the step blames that rule,
+    not the one whose change woke the condition)."""
+    exc.message = f"rule '{rule.name}': a match condition used more than {exc.limit} steps"
+    exc.args = (exc.message,)
+    exc.rule = rule.name  # type: ignore[attr-defined]
+    return exc

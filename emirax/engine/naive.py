@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from emirax.engine.code import Frame, Meter
-from emirax.engine.matcher import CONDITION_STEPS, Activation, MatchError, make_activation
+from emirax.engine.code import Frame, LimitError, Meter
+from emirax.engine.matcher import CONDITION_STEPS, Activation, MatchError, make_activation, runaway
 from emirax.engine.program import Element, Rule, Workflow
 from emirax.engine.values import FactValue, RuleError, equals, truthy
 
@@ -57,6 +57,8 @@ class NaiveMatcher:
                 if truthy(self._run(el.guard.fn, env, None)):
                     yield from self._from(rule, k + 1, env, facts, collected)
                 return
+        except LimitError as exc:
+            raise runaway(rule, exc) from None
         except RuleError as exc:
             self.errors.append(MatchError(rule.name, exc.at, exc.message))
             return
@@ -82,6 +84,8 @@ class NaiveMatcher:
         """A test that raises makes this one fact not match (and is reported), as in Matcher."""
         try:
             return self._matches(el, fact, env)
+        except LimitError as exc:
+            raise runaway(rule, exc) from None
         except RuleError as exc:
             self.errors.append(MatchError(rule.name, exc.at, exc.message))
             return False

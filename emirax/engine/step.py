@@ -179,6 +179,7 @@ class _Step:
         self.matcher: Any = None
         self.meter = Meter(limits.steps)  # one per step, reset for each section run
         self.event_firings = 0  # the firing limit is per evaluation, so per event of a batch
+        self.section = "action"  # the section whose effects are being applied
 
     # ── driving ────────────────────────────────────────────────────────────────────────────────
 
@@ -293,8 +294,11 @@ class _Step:
 
     def _quiesce(self) -> None:
         pop, fire = self.matcher.pop, self._fire
-        while (act := pop()) is not None:
-            fire(act)
+        try:
+            while (act := pop()) is not None:
+                fire(act)
+        except LimitError as exc:  # a matcher that evaluates lazily (the naive one) raises here
+            self._fail_limit(None, exc)
         if self.matcher.errors:
             self._match_errors()
 
@@ -364,6 +368,7 @@ class _Step:
                 self._section(rule, "error", env, err, _SectionHost(self, rule))
                 return _FAILED
             self._fail(rule, name, exc.type, exc.message, exc.at)
+        self.section = name  # a fact limit hit while applying names this section
         self._effects(host.effects, rule)
         return value
 
@@ -469,7 +474,7 @@ class _Step:
         if _size_bound(fields) > self.limits.fact_bytes:
             self._check_size(fact_type, fields, rule)
         if len(state.facts) >= self.limits.facts:
-            self._fail(rule, "action", "FactLimit",
+            self._fail(rule, self.section, "FactLimit",
                        f"the workflow would hold more than {self.limits.facts} facts", None)
         fid = state.next_fact
         state.next_fact += 1
@@ -523,7 +528,7 @@ class _Step:
             return
         size = len(_compact(fields))
         if size > self.limits.fact_bytes:
-            self._fail(rule, "action", "FactSizeLimit",
+            self._fail(rule, self.section, "FactSizeLimit",
                        f"a {fact_type} of {size} bytes is over the limit of "
                        f"{self.limits.fact_bytes} bytes per fact", None)
 
@@ -622,11 +627,12 @@ class _SectionHost(RecordingHost):
     def invoke(self, function: str, args: list[Any]) -> Placeholder:
         fn = self.run.wf.functions.get(function)
         options = dict(fn.options) if fn is not None else {}
-        return self._call("call", function, function, args, [], options)  # code.py made them data
+        # A copy: the host's function may change its arguments; stored facts must not change.
+        return self._call("call", function, function, _copy(args), [], options)
 
     def start(self, workflow: str, facts: list[tuple[str, dict[str, Any]]]) -> Placeholder:
         return self._call("start", workflow, f"start {workflow}", [],
-                          [{"type": t, "fields": f} for t, f in facts], {})
+                          [{"type": t, "fields": _copy(f)} for t, f in facts], {})
 
     def fact_defaults(self, fact_type: str) -> Mapping[str, Any]:
         return self.run.wf.fact_defaults(fact_type)
