@@ -608,7 +608,9 @@ class _SectionHost(RecordingHost):
     when the section returns; calls become invocations of this workflow."""
 
     def __init__(self, run: _Step, rule: Rule) -> None:
-        super().__init__()
+        # RecordingHost's own fields, but `effects` is all it records here (defaults come from
+        # the workflow, calls are numbered by the state): no dataclass __init__ on the hot path.
+        self.effects: list[tuple[Any, ...]] = []
         self.run = run
         self.rule = rule
         self.calls_made: list[Placeholder] = []
