@@ -127,14 +127,19 @@ def _condition(src: _Source, d: int, el: Element) -> None:
     """not / exists / collect against the memory, with the bindings in `env` and `x<pos>`."""
     y = f"y{el.pos}"
     if el.joins:
-        j = el.joins[0]
-        value = _join_value(src, j, d)
-        bucket = f"b{el.pos}"
-        src.emit(d, f"{bucket} = {src.index(el.pos, j.field)}.get(hkey({value}))")
-        cands = _bucket(bucket)
+        buckets = []
+        for k, j in enumerate(el.joins):
+            value = _join_value(src, j, d)
+            bucket = f"b{el.pos}_{k}"
+            src.emit(d, f"{bucket} = {src.index(el.pos, j.field)}.get(hkey({value}))")
+            buckets.append(bucket)
+        _smallest(src, d, f"b{el.pos}", buckets)
+        cands = _bucket(f"b{el.pos}")
     else:
         cands = f"{src.memory(el.pos)}.values()"
-    test = _passes(src, el, y, d, skip_first=bool(el.joins))
+    # With one join its probe proves it; with several, the smallest bucket is probed, so all
+    # are tested.
+    test = _passes(src, el, y, d, skip_first=len(el.joins) == 1)
     if el.kind == "not":
         src.emit(d, f"for {y} in {cands}:")
         src.emit(d + 1, f"if {test}: return None")
@@ -186,19 +191,19 @@ def _seed(src: _Source, rule: Rule, seed: int, plan: Any) -> None:
         src.emit(d, f"if not {_check(src, check)}: return out")
     for step in plan.steps:
         x = _var(step.pos)
-        if step.own is not None:
-            field, fn, ref = step.own
-            if ref is not None:
-                value = f"x{src.positions[ref[0]]}.fields.get({ref[1]!r})"
+        buckets = []
+        for k, probe in enumerate(step.probes):
+            if probe.ref is not None:
+                value = f"{_var(probe.ref[0])}.fields.get({probe.ref[1]!r})"
             else:
-                value = f"w{step.pos}"
-                src.emit(d, f"{value} = rt.probe_value({src.const('P', fn)}, env)")
+                value = f"w{step.pos}_{k}"
+                src.emit(d, f"{value} = rt.probe_value({src.const('P', probe.fn)}, env)")
                 src.emit(d, f"if {value} is rt.NO_VALUE: {'return out' if d == 2 else 'continue'}")
-            src.emit(d, f"b{step.pos} = {src.index(step.pos, field)}.get(hkey({value}))")
-            cands = _bucket(f"b{step.pos}")
-        elif step.reverse is not None:
-            q, field, indexed = step.reverse
-            src.emit(d, f"b{step.pos} = {src.index(step.pos, indexed)}.get(hkey({_var(q)}.fields.get({field!r})))")
+            bucket = f"b{step.pos}_{k}"
+            src.emit(d, f"{bucket} = {src.index(step.pos, probe.indexed)}.get(hkey({value}))")
+            buckets.append(bucket)
+        if buckets:
+            _smallest(src, d, f"b{step.pos}", buckets)
             cands = _bucket(f"b{step.pos}")
         else:
             cands = f"{src.memory(step.pos)}.values()"
@@ -211,6 +216,13 @@ def _seed(src: _Source, rule: Rule, seed: int, plan: Any) -> None:
     tuple_ = ", ".join(_var(p) for p in rule.positives)
     src.emit(d, f"out.append(({tuple_},))" if rule.positives else "out.append(())")
     src.emit(2, "return out")
+
+
+def _smallest(src: _Source, d: int, var: str, buckets: list[str]) -> None:
+    """`var` = the smallest of the index buckets (the most selective join, decided per probe)."""
+    src.emit(d, f"{var} = {buckets[0]}")
+    for b in buckets[1:]:
+        src.emit(d, f"if {var} is not None and rt.size({b}) < rt.size({var}): {var} = {b}")
 
 
 def _bucket(var: str) -> str:

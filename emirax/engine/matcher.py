@@ -172,14 +172,26 @@ class _Check:
 
 
 @dataclass(frozen=True, slots=True)
+class _Probe:
+    """A way to find candidates for a pattern through an index: `indexed` (a field of this
+    pattern) equal to `ref` (a bound pattern's position and field) or to `fn` over bindings.
+    `check` is the join it stands for: (position of the pattern holding it, its fn)."""
+
+    indexed: str
+    ref: tuple[int, str] | None
+    fn: Fn | None
+    check: tuple[int, Fn]
+
+
+@dataclass(frozen=True, slots=True)
 class _Step:
-    """Bind the positive pattern at `pos`: candidates from a probe (`own` join, or `reverse`
-    from a bound fact's field), else a scan of the memory; then apply `checks`."""
+    """Bind the positive pattern at `pos`: candidates from the smallest bucket of its `probes`
+    (its own joins whose bindings are bound, and the joins of bound patterns that name it), or a
+    scan of the memory when there is none; then apply `checks`."""
 
     pos: int
     binding: str | None
-    own: tuple[str, Fn, tuple[str, str] | None] | None  # (indexed field, expr, its ref)
-    reverse: tuple[int, str, str] | None  # (bound pos, its field, indexed field here)
+    probes: tuple[_Probe, ...]
     checks: tuple[_Check, ...]
 
 
@@ -214,25 +226,23 @@ def make_plan(rule: Rule, seed: int) -> _Plan:
         if pos == seed:
             continue
         el = els[pos]
-        probe = next((j for j in el.joins if j.deps <= names), None)
-        own = (probe.field, probe.fn, probe.ref) if probe is not None else None
-        probed = (pos, probe.fn) if probe is not None else None
-        reverse = None
-        if own is None and el.binding:
-            found = next(((q, j) for q in bound for j in els[q].joins
-                          if j.ref is not None and j.ref[0] == el.binding), None)
-            if found is not None:
-                q, j = found
-                assert j.ref is not None
-                reverse, probed = (q, j.field, j.ref[1]), (q, j.fn)
+        binding_pos = {els[q].binding: q for q in bound if els[q].binding and els[q].positive}
+        probes = [_Probe(j.field, (binding_pos[j.ref[0]], j.ref[1]) if j.ref else None,
+                         None if j.ref else j.fn, (pos, j.fn))
+                  for j in el.joins if j.deps <= names]
+        if el.binding:
+            probes += [_Probe(j.ref[1], (q, j.field), None, (q, j.fn))
+                       for q in bound for j in els[q].joins
+                       if j.ref is not None and j.ref[0] == el.binding]
         bound.append(pos)
         if el.binding:
             names.add(el.binding)
         pending += [(d, c) for d, c in _tests(el) if d <= positive_names]
         ready, pending = _ready(pending, names)
-        # The join a probe used holds already: an index hit is `==` (see `hkey`).
-        ready = tuple(c for c in ready if probed is None or (c.pos, c.fn) != (probed[0], probed[1]))
-        steps.append(_Step(pos, el.binding, own, reverse, ready))
+        if len(probes) == 1:  # the join the probe used holds already: an index hit is `==`
+            done = probes[0].check
+            ready = tuple(c for c in ready if (c.pos, c.fn) != done)
+        steps.append(_Step(pos, el.binding, tuple(probes), ready))
     return _Plan(seed_el.binding if seed_el.positive else None, first, tuple(steps))
 
 
@@ -264,6 +274,11 @@ class _Runtime:
     truthy = staticmethod(truthy)
     make_activation = staticmethod(make_activation)
     by_id = staticmethod(lambda f: f.id)
+
+    @staticmethod
+    def size(bucket: Any) -> int:
+        """How many facts an index bucket holds (none, one fact, or a dict of them)."""
+        return 0 if bucket is None else len(bucket) if bucket.__class__ is dict else 1
 
     def __init__(self, matcher: Matcher, rule: Rule) -> None:
         self.rule = rule
