@@ -53,9 +53,13 @@ class _Source:
         self.consts[name] = value
         return name
 
-    def index(self, pos: int, field: str) -> str:
+    def index(self, pos: int, indexed: str | tuple[str, ...]) -> str:
+        """The variable holding pattern `pos`'s index on a field, or on several (a tuple)."""
+        for name, known in self.indexes.items():
+            if known == (pos, indexed):
+                return name
         name = f"I{pos}_{len(self.indexes)}"
-        self.indexes[name] = (pos, field)
+        self.indexes[name] = (pos, indexed)
         return name
 
     def memory(self, pos: int) -> str:
@@ -86,6 +90,7 @@ def rule_factory(rule: Rule, plans: dict[int, Any], posts: dict[int, list[Any]])
     exec(compile(text, f"<match code of rule {rule.name!r}>", "exec"), namespace)  # noqa: S102
     factory = namespace["factory"]
     factory.source = text  # for tests and debugging
+    factory.indexes = sorted(set(src.indexes.values()), key=repr)  # what the memories must index
     return factory
 
 
@@ -126,20 +131,14 @@ def _evaluate(src: _Source, rule: Rule, posts: dict[int, list[Any]]) -> None:
 def _condition(src: _Source, d: int, el: Element) -> None:
     """not / exists / collect against the memory, with the bindings in `env` and `x<pos>`."""
     y = f"y{el.pos}"
-    if el.joins:
-        buckets = []
-        for k, j in enumerate(el.joins):
-            value = _join_value(src, j, d)
-            bucket = f"b{el.pos}_{k}"
-            src.emit(d, f"{bucket} = {src.index(el.pos, j.field)}.get(hkey({value}))")
-            buckets.append(bucket)
-        _smallest(src, d, f"b{el.pos}", buckets)
+    probed = list({j.field: j for j in reversed(el.joins)}.values())[::-1]  # one join a field
+    if probed:
+        _probe(src, d, el.pos, [j.field for j in probed], [_join_value(src, j, d) for j in probed])
         cands = _bucket(f"b{el.pos}")
     else:
         cands = f"{src.memory(el.pos)}.values()"
-    # With one join its probe proves it; with several, the smallest bucket is probed, so all
-    # are tested.
-    test = _passes(src, el, y, d, skip_first=len(el.joins) == 1)
+    # The probed joins hold (an index hit is `==`); the others are tested.
+    test = _passes(src, el, y, d, skip=[j for j in el.joins if j in probed])
     if el.kind == "not":
         src.emit(d, f"for {y} in {cands}:")
         src.emit(d + 1, f"if {test}: return None")
@@ -166,11 +165,13 @@ def _join_value(src: _Source, j: Any, d: int) -> str:
     return name
 
 
-def _passes(src: _Source, el: Element, y: str, d: int, skip_first: bool) -> str:
+def _passes(src: _Source, el: Element, y: str, d: int, skip: list[Any]) -> str:
     """The conjunction of a pattern's joins and beta tests for candidate `y` (errors propagate);
-    `skip_first`: the first join found the candidates by an index probe, so it holds."""
+    the joins in `skip` found the candidates by an index probe, so they hold."""
     parts = []
-    for j in el.joins[1 if skip_first else 0:]:
+    for j in el.joins:
+        if any(j is k for k in skip):
+            continue
         parts.append(f"same({y}.fields.get({j.field!r}), {_join_value(src, j, d)})")
     for t in el.beta:
         parts.append(f"truthy(V({src.const('B', t.fn)}, env, {y}))")
@@ -191,19 +192,17 @@ def _seed(src: _Source, rule: Rule, seed: int, plan: Any) -> None:
         src.emit(d, f"if not {_check(src, check)}: return out")
     for step in plan.steps:
         x = _var(step.pos)
-        buckets = []
-        for k, probe in enumerate(step.probes):
-            if probe.ref is not None:
-                value = f"{_var(probe.ref[0])}.fields.get({probe.ref[1]!r})"
-            else:
+        if step.probes:
+            values = []
+            for k, probe in enumerate(step.probes):
+                if probe.ref is not None:
+                    values.append(f"{_var(probe.ref[0])}.fields.get({probe.ref[1]!r})")
+                    continue
                 value = f"w{step.pos}_{k}"
                 src.emit(d, f"{value} = rt.probe_value({src.const('P', probe.fn)}, env)")
                 src.emit(d, f"if {value} is rt.NO_VALUE: {'return out' if d == 2 else 'continue'}")
-            bucket = f"b{step.pos}_{k}"
-            src.emit(d, f"{bucket} = {src.index(step.pos, probe.indexed)}.get(hkey({value}))")
-            buckets.append(bucket)
-        if buckets:
-            _smallest(src, d, f"b{step.pos}", buckets)
+                values.append(value)
+            _probe(src, d, step.pos, [p.indexed for p in step.probes], values)
             cands = _bucket(f"b{step.pos}")
         else:
             cands = f"{src.memory(step.pos)}.values()"
@@ -218,11 +217,14 @@ def _seed(src: _Source, rule: Rule, seed: int, plan: Any) -> None:
     src.emit(2, "return out")
 
 
-def _smallest(src: _Source, d: int, var: str, buckets: list[str]) -> None:
-    """`var` = the smallest of the index buckets (the most selective join, decided per probe)."""
-    src.emit(d, f"{var} = {buckets[0]}")
-    for b in buckets[1:]:
-        src.emit(d, f"if {var} is not None and rt.size({b}) < rt.size({var}): {var} = {b}")
+def _probe(src: _Source, d: int, pos: int, fields: list[str], values: list[str]) -> None:
+    """`b<pos>` = the bucket of pattern `pos`'s index on `fields` for `values`: one field, or
+    several at once through a composite index keyed by the tuple of their values."""
+    if len(fields) == 1:
+        src.emit(d, f"b{pos} = {src.index(pos, fields[0])}.get(hkey({values[0]}))")
+        return
+    key = ", ".join(f"hkey({v})" for v in values)
+    src.emit(d, f"b{pos} = {src.index(pos, tuple(fields))}.get(({key}))")
 
 
 def _bucket(var: str) -> str:

@@ -119,22 +119,25 @@ def same(a: Any, b: Any) -> bool:
 
 class Memory:
     """An alpha memory: the facts of one type passing the same constant tests, with hash indexes
-    on the fields joins probe. A bucket of an index is the one fact with that key, or a dict of
-    them by id when there are several (most keys hold one: no dict is made for it)."""
+    on the fields joins probe: one field (a name), or several at once (a tuple of names, keyed by
+    the tuple of their values) when a pattern is probed by several joins together. A bucket of an
+    index is the one fact with that key, or a dict of them by id when there are several (most
+    keys hold one: no dict is made for it)."""
 
     __slots__ = ("type", "tests", "facts", "index", "uses")
 
-    def __init__(self, fact_type: str, tests: list[Fn], indexed: Iterable[str] = ()) -> None:
+    def __init__(self, fact_type: str, tests: list[Fn], indexed: Iterable[Any] = ()) -> None:
         self.type = fact_type
         self.tests = tests
         self.facts: dict[int, FactValue] = {}
-        self.index: dict[str, dict[Any, dict[int, FactValue]]] = {f: {} for f in indexed}
+        self.index: dict[Any, dict[Any, Any]] = {f: {} for f in indexed}
         self.uses: list[tuple[Rule, Element]] = []  # the patterns reading this memory
 
     def add(self, fact: FactValue) -> None:
         self.facts[fact.id] = fact
+        fields = fact.fields
         for name, idx in self.index.items():
-            k = hkey(fact.fields.get(name))
+            k = hkey(fields.get(name)) if name.__class__ is str else tuple([hkey(fields.get(n)) for n in name])
             bucket = idx.get(k)
             if bucket is None:
                 idx[k] = fact  # most keys hold one fact: no dict for it
@@ -146,8 +149,9 @@ class Memory:
     def remove(self, fact_id: int) -> FactValue | None:
         fact = self.facts.pop(fact_id, None)
         if fact is not None:
+            fields = fact.fields
             for name, idx in self.index.items():
-                k = hkey(fact.fields.get(name))
+                k = hkey(fields.get(name)) if name.__class__ is str else tuple([hkey(fields.get(n)) for n in name])
                 bucket = idx.get(k)
                 if bucket.__class__ is dict:
                     bucket.pop(fact_id, None)
@@ -185,9 +189,10 @@ class _Probe:
 
 @dataclass(frozen=True, slots=True)
 class _Step:
-    """Bind the positive pattern at `pos`: candidates from the smallest bucket of its `probes`
-    (its own joins whose bindings are bound, and the joins of bound patterns that name it), or a
-    scan of the memory when there is none; then apply `checks`."""
+    """Bind the positive pattern at `pos`: candidates from one index probe on every field its
+    `probes` name (its own joins whose bindings are bound, and the joins of bound patterns that
+    name it: a composite index when there are several), or a scan of the memory when there is
+    none; then apply `checks`."""
 
     pos: int
     binding: str | None
@@ -239,9 +244,10 @@ def make_plan(rule: Rule, seed: int) -> _Plan:
             names.add(el.binding)
         pending += [(d, c) for d, c in _tests(el) if d <= positive_names]
         ready, pending = _ready(pending, names)
-        if len(probes) == 1:  # the join the probe used holds already: an index hit is `==`
-            done = probes[0].check
-            ready = tuple(c for c in ready if (c.pos, c.fn) != done)
+        # The joins the probe uses hold already: an index hit is `==` (one probe per field).
+        probes = list({p.indexed: p for p in reversed(probes)}.values())[::-1]
+        done = {p.check for p in probes}
+        ready = tuple(c for c in ready if (c.pos, c.fn) not in done)
         steps.append(_Step(pos, el.binding, tuple(probes), ready))
     return _Plan(seed_el.binding if seed_el.positive else None, first, tuple(steps))
 
@@ -275,11 +281,6 @@ class _Runtime:
     make_activation = staticmethod(make_activation)
     by_id = staticmethod(lambda f: f.id)
 
-    @staticmethod
-    def size(bucket: Any) -> int:
-        """How many facts an index bucket holds (none, one fact, or a dict of them)."""
-        return 0 if bucket is None else len(bucket) if bucket.__class__ is dict else 1
-
     def __init__(self, matcher: Matcher, rule: Rule) -> None:
         self.rule = rule
         self.value = matcher._value
@@ -312,7 +313,7 @@ class _Layout:
     exist, what they index, which patterns read them, and each rule's match code. A Matcher
     instantiates it (empty memories) in a few microseconds."""
 
-    specs: list[tuple[str, list[Fn], tuple[str, Any] | None, list[str]]]  # type, tests, eq, indexed
+    specs: list[tuple[str, list[Fn], tuple[str, Any] | None, list[Any]]]  # type, tests, eq, indexed
     uses: list[list[tuple[Rule, Element]]]  # per memory: the patterns reading it
     element_memory: dict[tuple[int, int], int]
     fully_checked: frozenset[tuple[int, int]]
@@ -325,7 +326,7 @@ def _layout(workflow: Workflow) -> _Layout:
     if cached is not None:
         return cached
     keys: dict[str, int] = {}
-    specs: list[tuple[str, list[Fn], tuple[str, Any] | None, list[str]]] = []
+    specs: list[tuple[str, list[Fn], tuple[str, Any] | None, list[Any]]] = []
     uses: list[list[tuple[Rule, Element]]] = []
     element_memory: dict[tuple[int, int], int] = {}
     for fact_type, patterns in workflow.by_type.items():
@@ -342,24 +343,21 @@ def _layout(workflow: Workflow) -> _Layout:
     fully_checked = set()
     for rule in rules:
         names = _positive_names(rule)
-        binding_pos = {rule.elements[p].binding: p for p in rule.positives}
         for el in rule.elements:
             if el.kind == "not" and all(d <= names for d, _ in _tests(el)):
                 fully_checked.add((rule.index, el.pos))
-            for j in el.joins:
-                _index(specs[element_memory[rule.index, el.pos]][3], j.field)
-                if j.ref is not None:
-                    _index(specs[element_memory[rule.index, binding_pos[j.ref[0]]]][3], j.ref[1])
     factories = {}
     for rule in rules:
         plans = {el.pos: make_plan(rule, el.pos) for el in rule.elements if el.type}
-        factories[rule.index] = rule_factory(rule, plans, post_checks(rule))
+        factory = factories[rule.index] = rule_factory(rule, plans, post_checks(rule))
+        for pos, indexed in factory.indexes:  # the indexes its code probes
+            _index(specs[element_memory[rule.index, pos]][3], indexed)
     layout = _Layout(specs, uses, element_memory, frozenset(fully_checked), rules, factories)
     workflow.match_code["layout"] = layout
     return layout
 
 
-def _index(fields: list[str], field: str) -> None:
+def _index(fields: list[Any], field: Any) -> None:
     if field not in fields:
         fields.append(field)
 
