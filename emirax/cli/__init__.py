@@ -4,6 +4,8 @@
     emirax compile PATH -o FILE.emxb     emirax/cli/build.py
     emirax run PATH --workflow W ...     emirax/cli/run.py
     emirax test PROJECT                  emirax/cli/test.py
+    emirax serve, tenants, upload,       emirax/cli/client.py (serve imports server/ when it runs)
+      workflows start|list|get|facts|trace
 
 Exit codes (SPEC section 6): 0 ok, 1 a user error (bad rules, bad input, a failed workflow) with a
 clear message and no traceback, 2 a usage error (click's own). `main()` is the console script.
@@ -16,7 +18,7 @@ import sys
 
 import typer
 
-from emirax.cli import build, run, test
+from emirax.cli import build, client, run, test
 from emirax.cli.output import fail_unexpected
 
 app = typer.Typer(
@@ -30,6 +32,7 @@ app = typer.Typer(
 build.register(app)
 run.register(app)
 test.register(app)
+client.register(app)
 
 
 def main() -> None:

@@ -1,0 +1,321 @@
+"""The HTTP API of SPEC section 5: FastAPI over the store (server/store) and the tenants' plugin
+spaces (server/plugins.py).
+
+    app = create_app(store, admin_token="...")     # uvicorn runs it (`emirax serve`)
+
+Rules every route follows:
+- The tenant always comes from the bearer token, never from the path or the body. Another
+  tenant's workflow or bundle answers 404 exactly like a missing one.
+- Errors are `application/problem+json` (RFC 9457): `type`, `title`, `status`, `detail`, and a
+  4xx for anything the client sent; nothing is stored when a request is refused.
+- Bodies have size limits (a bundle: the bundle module's own limit; JSON: 1 MiB), enforced while
+  the body is read, not trusted from Content-Length.
+- One evaluation step is one store transaction (`store.step`): the engine's delta is written
+  whole or not at all, with the workflow row locked.
+"""
+
+import hmac
+import threading
+from collections.abc import Callable
+from typing import Annotated, Any
+
+import pluggy
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from emirax.bundle import MAX_BUNDLE_BYTES, load_bundle
+from emirax.engine.program import EngineError, InputError, Workflow
+from emirax.engine.step import AddFacts, Limits, Start, step
+from emirax.errors import EmiraxError
+from server.plugins import Principal, TenantSpace, server_plugins
+from server.store import Conflict, NotFound, Store
+
+__all__ = ["Problem", "create_app"]
+
+MAX_JSON_BYTES = 1 << 20
+PROBLEM = "application/problem+json"
+
+
+class Problem(Exception):
+    """A refused request: becomes a problem+json response with `status`."""
+
+    def __init__(self, status: int, title: str, detail: str = "") -> None:
+        super().__init__(detail or title)
+        self.status, self.title, self.detail = status, title, detail
+
+
+def _problem(status: int, title: str, detail: str = "") -> JSONResponse:
+    body = {"type": "about:blank", "title": title, "status": status}
+    if detail:
+        body["detail"] = detail
+    return JSONResponse(body, status_code=status, media_type=PROBLEM)
+
+
+# ── request bodies ─────────────────────────────────────────────────────────────────────────────
+
+
+class FactIn(BaseModel):
+    type: str = Field(min_length=1, max_length=200)
+    fields: dict[str, Any] = Field(default_factory=dict)
+
+
+class StartIn(BaseModel):
+    workflow: str = Field(min_length=1, max_length=400, description="package.Workflow")
+    id: str | None = Field(default=None, min_length=1, max_length=200, pattern=r"^[A-Za-z0-9._:-]+$")
+    facts: list[FactIn] = Field(default_factory=list, max_length=10_000)
+    priority: int = Field(default=0, ge=-1000, le=1000)
+
+
+class FactsIn(BaseModel):
+    facts: list[FactIn] = Field(min_length=1, max_length=10_000)
+
+
+class TenantIn(BaseModel):
+    name: str = Field(min_length=1, max_length=100, pattern=r"^[a-z0-9][a-z0-9-]*$")
+
+
+# ── the application ────────────────────────────────────────────────────────────────────────────
+
+
+class _Spaces:
+    """Each tenant's plugin space in this process, filled from the store on first use."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.spaces: dict[int, TenantSpace] = {}
+        self.lock = threading.Lock()
+
+    def workflow(self, tenant_id: int, name: str, version: str) -> Workflow | None:
+        package = name.rpartition(".")[0]
+        with self.lock:
+            space = self.spaces.setdefault(tenant_id, TenantSpace(str(tenant_id)))
+            if space.loaded(package, version) is None:
+                found = self.store.bundle(tenant_id, package, version)
+                if found is None:
+                    return None
+                space.load(load_bundle(found[0]))
+            return space.workflow(name, version)
+
+
+def create_app(store: Store, *, admin_token: str, plugins: pluggy.PluginManager | None = None,
+               limits: Limits = Limits()) -> FastAPI:
+    app = FastAPI(title="Emirax", version="1", summary="Rules, bundles and durable workflows")
+    hooks = plugins if plugins is not None else server_plugins()
+    spaces = _Spaces(store)
+    _errors(app)
+    _body_limits(app)
+
+    def principal(request: Request) -> Principal:
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise Problem(401, "Unauthorized", "send Authorization: Bearer <token>")
+        found = hooks.hook.emirax_authenticate(token=token)
+        if found is not None:
+            return found
+        if hmac.compare_digest(token.encode(), admin_token.encode()):
+            return Principal(None, "admin", admin=True)
+        tenant = store.tenant_by_token(token)
+        if tenant is None:
+            raise Problem(401, "Unauthorized", "unknown token")
+        return Principal(tenant.id, tenant.name)
+
+    def admin(who: Annotated[Principal, Depends(principal)]) -> Principal:
+        if not who.admin:
+            raise Problem(403, "Forbidden", "this route is the admin's")
+        return who
+
+    def tenant(who: Annotated[Principal, Depends(principal)]) -> int:
+        if who.tenant_id is None:
+            raise Problem(403, "Forbidden", "this route takes a tenant's token")
+        return who.tenant_id
+
+    Tenant = Annotated[int, Depends(tenant)]
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, str]:
+        store.ping()
+        return {"status": "ok"}
+
+    @app.post("/v1/tenants", status_code=201)
+    def create_tenant(body: TenantIn, _: Annotated[Principal, Depends(admin)]) -> dict[str, Any]:
+        try:
+            tenant_id, token = store.create_tenant(body.name)
+        except Conflict as exc:
+            raise Problem(409, "Conflict", str(exc)) from None
+        return {"id": tenant_id, "name": body.name, "token": token}
+
+    @app.post("/v1/bundles", openapi_extra={"requestBody": {"content": {"application/octet-stream": {
+        "schema": {"type": "string", "format": "binary"}}}, "required": True}})
+    async def upload(request: Request, tenant_id: Tenant) -> JSONResponse:
+        data = await request.body()
+        try:
+            bundle = load_bundle(data)
+        except EmiraxError as exc:
+            raise Problem(422, "Invalid bundle", str(exc)) from None
+        m = bundle.manifest
+        try:
+            outcome = store.put_bundle(tenant_id, m["package"], m["version"], bundle.digest, data, m)
+        except Conflict as exc:
+            raise Problem(409, "Conflict", str(exc)) from None
+        active = store.active_version(tenant_id, m["package"])
+        body = {"package": m["package"], "version": m["version"], "digest": bundle.digest,
+                "outcome": outcome, "active": active == m["version"]}
+        return JSONResponse(body, status_code=201 if outcome == "created" else 200)
+
+    @app.get("/v1/bundles")
+    def packages(tenant_id: Tenant) -> list[dict[str, Any]]:
+        return [p.to_json() for p in store.packages(tenant_id)]
+
+    @app.get("/v1/bundles/{package}")
+    def versions(package: str, tenant_id: Tenant) -> dict[str, Any]:
+        found = store.versions(tenant_id, package)
+        if not found:
+            raise Problem(404, "Not Found", f"no bundle {package}")
+        return {"package": package, "versions": [v.to_json() for v in found]}
+
+    @app.post("/v1/bundles/{package}/versions/{version}/activate")
+    def activate(package: str, version: str, tenant_id: Tenant) -> dict[str, Any]:
+        try:
+            store.activate(tenant_id, package, version)
+        except NotFound:
+            raise Problem(404, "Not Found", f"no bundle {package} {version}") from None
+        return {"package": package, "active": version}
+
+    @app.post("/v1/workflows")
+    def start(body: StartIn, tenant_id: Tenant) -> JSONResponse:
+        package = body.workflow.rpartition(".")[0]
+        version = store.active_version(tenant_id, package) if package else None
+        wf = spaces.workflow(tenant_id, body.workflow, version) if version else None
+        if wf is None:
+            raise Problem(404, "Not Found", f"no workflow {body.workflow} in an active bundle")
+        facts = [{"type": f.type, "fields": f.fields} for f in body.facts]
+        try:
+            for f in facts:
+                wf.make_fact(f["type"], f["fields"])
+        except InputError as exc:
+            raise Problem(422, "Invalid facts", str(exc)) from None
+        try:  # the workflow row and its first step: one transaction
+            with store.start(tenant_id, wf.name, package, version, client_id=body.id,
+                             priority=body.priority) as tx:
+                if tx.created:
+                    tx.apply(step(wf, tx.state, Start(facts), limits=limits))
+                workflow_id, created = tx.workflow.id, tx.created
+        except InputError as exc:
+            raise Problem(422, "Invalid facts", str(exc)) from None
+        except Conflict as exc:
+            raise Problem(409, "Conflict", str(exc)) from None
+        return JSONResponse(_view(store, tenant_id, workflow_id), status_code=201 if created else 200)
+
+    @app.get("/v1/workflows")
+    def list_workflows(tenant_id: Tenant, workflow: str | None = None, status: str | None = None,
+                       after: str | None = None, limit: int = 50) -> dict[str, Any]:
+        if not 1 <= limit <= 500:
+            raise Problem(422, "Invalid limit", "limit is 1 to 500")
+        rows, cursor = store.list_workflows(tenant_id, name=workflow, status=status, after=after,
+                                            limit=limit)
+        listed = []
+        for row in rows:
+            doc = row.to_json()
+            doc["workflow"] = doc.pop("name")
+            listed.append(doc)
+        return {"workflows": listed, "next": cursor}
+
+    @app.get("/v1/workflows/{workflow_id}")
+    def get(workflow_id: str, tenant_id: Tenant) -> dict[str, Any]:
+        return _view(store, tenant_id, workflow_id)
+
+    @app.post("/v1/workflows/{workflow_id}/facts")
+    def add_facts(workflow_id: str, body: FactsIn, tenant_id: Tenant) -> dict[str, Any]:
+        facts = [{"type": f.type, "fields": f.fields} for f in body.facts]
+        _step(store, tenant_id, workflow_id,
+              lambda w, st: step(w, st, AddFacts(facts), limits=limits), spaces)
+        return _view(store, tenant_id, workflow_id)
+
+    @app.get("/v1/workflows/{workflow_id}/trace")
+    def trace(workflow_id: str, tenant_id: Tenant, after: int = 0, limit: int = 500) -> dict[str, Any]:
+        events = store.trace(tenant_id, workflow_id, after_seq=after, limit=limit)
+        if events is None:
+            raise Problem(404, "Not Found", f"no workflow {workflow_id}")
+        return {"events": [e.to_json() for e in events]}
+
+    return app
+
+
+def _step(store: Store, tenant_id: int, workflow_id: str,
+          run: Callable[[Workflow, Any], Any], spaces: _Spaces) -> None:
+    """One evaluation step in one transaction, the workflow row locked."""
+    try:
+        with store.step(tenant_id, workflow_id) as tx:
+            state = tx.state
+            wf = spaces.workflow(tenant_id, state.workflow, tx.version)
+            if wf is None:
+                raise Problem(409, "Conflict", f"the bundle of {workflow_id} is not available")
+            tx.apply(run(wf, state))
+    except NotFound:
+        raise Problem(404, "Not Found", f"no workflow {workflow_id}") from None
+    except InputError as exc:
+        raise Problem(422, "Invalid facts", str(exc)) from None
+    except EngineError as exc:
+        raise Problem(409, "Conflict", str(exc)) from None
+
+
+def _view(store: Store, tenant_id: int, workflow_id: str) -> dict[str, Any]:
+    found = store.describe(tenant_id, workflow_id)
+    if found is None:
+        raise Problem(404, "Not Found", f"no workflow {workflow_id}")
+    return found
+
+
+def _errors(app: FastAPI) -> None:
+    @app.exception_handler(Problem)
+    async def problem(_: Request, exc: Problem) -> JSONResponse:
+        return _problem(exc.status, exc.title, exc.detail)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _problem(exc.status_code, str(exc.detail), "")
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        detail = f"{where}: {first.get('msg', 'invalid')}" if where else first.get("msg", "invalid")
+        return _problem(422, "Invalid request", detail)
+
+
+def _body_limits(app: FastAPI) -> None:
+    app.add_middleware(_BodyLimit)
+
+
+class _BodyLimit:
+    """Refuse a body past its limit while it is read (413), whatever Content-Length says: the
+    receive channel raises Problem(413), which the exception handler turns into the response."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        cap = MAX_BUNDLE_BYTES if scope["path"] == "/v1/bundles" else MAX_JSON_BYTES
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > cap:
+            await _problem(413, "Payload Too Large", f"the body is over {cap} bytes")(scope, receive, send)
+            return
+        seen = 0
+
+        async def limited() -> dict[str, Any]:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > cap:
+                    raise Problem(413, "Payload Too Large", f"the body is over {cap} bytes")
+            return message
+
+        await self.app(scope, limited, send)

@@ -1,0 +1,64 @@
+"""Starting the server: settings, migrations, the admin token, uvicorn (`emirax serve`).
+
+    serve(host="127.0.0.1", port=8080, db=None)
+
+The database is `db`, else `EMIRAX_DATABASE_URL`, else the embedded default: a SQLite file in
+`$EMIRAX_HOME` (default `~/.local/share/emirax`). Migrations run at start. The admin token is
+`EMIRAX_ADMIN_TOKEN`; when it is not set, one is made once, kept in `$EMIRAX_HOME/admin-token`
+(mode 0600), and the path is printed, never the token.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import sys
+from pathlib import Path
+
+__all__ = ["admin_token", "database_url", "home", "serve"]
+
+
+def home() -> Path:
+    return Path(os.environ.get("EMIRAX_HOME") or Path.home() / ".local" / "share" / "emirax")
+
+
+def database_url(db: str | None) -> str:
+    url = db or os.environ.get("EMIRAX_DATABASE_URL")
+    if url:
+        return url
+    folder = home()
+    folder.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{folder / 'emirax.db'}"
+
+
+def admin_token() -> tuple[str, Path | None]:
+    """The admin token, and the file it was read from or written to (None: from the env)."""
+    token = os.environ.get("EMIRAX_ADMIN_TOKEN")
+    if token:
+        return token, None
+    path = home() / "admin-token"
+    if path.is_file():
+        return path.read_text(encoding="utf-8").strip(), path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(token + "\n")
+    return token, path
+
+
+def serve(host: str = "127.0.0.1", port: int = 8080, db: str | None = None) -> None:
+    import uvicorn
+
+    from server.app import create_app
+    from server.store import Store
+
+    url = database_url(db)
+    store = Store.open(url)
+    store.upgrade()
+    token, where = admin_token()
+    shown = url if "@" not in url else url.split("@")[-1]
+    print(f"emirax serve: database {shown}", file=sys.stderr)
+    if where is not None:
+        print(f"emirax serve: the admin token is in {where}", file=sys.stderr)
+    uvicorn.run(create_app(store, admin_token=token), host=host, port=port, log_level="warning")

@@ -1,0 +1,757 @@
+"""The durable store: tenants, bundles and workflows on PostgreSQL or a SQLite file.
+
+    store = Store.open("sqlite:///emirax.db")           # or "postgresql+psycopg://..."
+    store.upgrade()                                       # alembic upgrade head
+    tenant_id, token = store.create_tenant("acme")
+    store.put_bundle(tenant_id, "media.encode", "1.0.0", digest, data, manifest)
+    wid, created = store.create_workflow(tenant_id, "media.encode.VideoEncode", "media.encode", "1.0.0")
+    with store.step(tenant_id, wid) as s:                 # one transaction, the workflow locked
+        s.apply(engine_step(workflow, s.state, Start(facts)))
+
+Every method takes the tenant id and filters by it: a workflow or bundle of another tenant is
+exactly as invisible as a missing one. A step is one transaction that locks the workflow's row
+(`SELECT ... FOR NO KEY UPDATE` on PostgreSQL, `BEGIN IMMEDIATE` on SQLite), so any number of
+threads and processes can step the same workflow and each step sees the one before it. Nothing
+of a step is written unless all of it is. docs/store.md describes the tables and the locking.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import threading
+import uuid
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from dataclasses import fields as dataclass_fields
+from datetime import datetime
+from functools import partial
+from pathlib import Path
+from typing import Any, Literal
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from sqlalchemy.dialects import postgresql, sqlite
+
+from emirax.engine.state import Pending, WorkflowState, key_from_json, key_to_json
+from emirax.engine.step import Delta
+from emirax.engine.values import FactValue
+from server.store import models as m
+from server.store.models import utcnow
+
+__all__ = [
+    "Conflict", "InvocationInfo", "NotFound", "PackageInfo", "StepHandle", "Store", "StoreError",
+    "Tenant", "TraceEntry", "VersionInfo", "WorkflowInfo", "alembic_config", "token_hash",
+]
+
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+# Held (pg_advisory_xact_lock) while migrating, so servers starting together migrate once.
+MIGRATION_LOCK = 0x656D69726178  # "emirax"
+
+TENANTS: sa.Table = m.Tenant.__table__  # type: ignore[assignment]
+BUNDLES: sa.Table = m.Bundle.__table__  # type: ignore[assignment]
+PACKAGES: sa.Table = m.Package.__table__  # type: ignore[assignment]
+WORKFLOWS: sa.Table = m.Workflow.__table__  # type: ignore[assignment]
+FACTS: sa.Table = m.Fact.__table__  # type: ignore[assignment]
+FIRED: sa.Table = m.Fired.__table__  # type: ignore[assignment]
+PENDING: sa.Table = m.PendingRow.__table__  # type: ignore[assignment]
+INVOCATIONS: sa.Table = m.Invocation.__table__  # type: ignore[assignment]
+TRACE: sa.Table = m.TraceEvent.__table__  # type: ignore[assignment]
+
+_compact = partial(json.dumps, separators=(",", ":"), allow_nan=False)
+
+
+# ── errors and records ─────────────────────────────────────────────────────────────────────────
+
+
+class StoreError(Exception):
+    """Base of the store's own errors (database errors pass through as SQLAlchemy's)."""
+
+
+class Conflict(StoreError):
+    """The write contradicts what is stored: another digest under an existing version, a taken
+    tenant name. The API answers 409."""
+
+
+class NotFound(StoreError):
+    """No such row for this tenant (another tenant's row is not found either). The API answers 404."""
+
+
+class _Record:
+    """A row as the API reads it: attributes, `record["field"]`, and `to_json()` (ISO times)."""
+
+    def __getitem__(self, name: str) -> Any:
+        return getattr(self, name)
+
+    def to_json(self) -> dict[str, Any]:
+        return {f.name: _jsonable(getattr(self, f.name)) for f in dataclass_fields(self)}  # type: ignore[arg-type]
+
+
+def _jsonable(value: Any) -> Any:
+    return value.isoformat() if isinstance(value, datetime) else value
+
+
+@dataclass(frozen=True)
+class Tenant(_Record):
+    id: int
+    name: str
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class PackageInfo(_Record):
+    package: str
+    active_version: str
+
+
+@dataclass(frozen=True)
+class VersionInfo(_Record):
+    version: str
+    digest: str
+    active: bool
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class WorkflowInfo(_Record):
+    """A workflow's row: what a list or a get shows without its facts."""
+
+    id: str
+    name: str
+    package: str
+    version: str
+    status: str
+    priority: int
+    output: dict[str, Any] | None
+    error: dict[str, Any] | None
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class TraceEntry(_Record):
+    seq: int
+    at: datetime
+    event: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class InvocationInfo(_Record):
+    id: int  # global: what a runner names
+    call_id: int  # the engine's number in its workflow
+    kind: str
+    name: str
+    args: list[Any]
+    facts: list[dict[str, Any]]
+    options: dict[str, Any]
+    rule: str
+    priority: int
+    status: str
+    created_at: datetime
+
+
+_WORKFLOW_COLUMNS = ("id", "name", "package", "version", "status", "priority", "output", "error",
+                     "created_at", "updated_at")
+
+
+def _workflow_info(row: Any) -> WorkflowInfo:
+    return WorkflowInfo(**{name: getattr(row, name) for name in _WORKFLOW_COLUMNS})
+
+
+def token_hash(token: str) -> str:
+    """What the tenants table keeps of a token: its sha256, hex."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def fired_key(key: Any) -> tuple[str, str]:
+    """A refraction key as stored: (sha256 of the text, the compact JSON text)."""
+    text = _compact(key_to_json(key))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest(), text
+
+
+def alembic_config(url: str) -> Config:
+    """An Alembic Config for the store's migrations, built in code (no alembic.ini)."""
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return cfg
+
+
+# ── the state cache ────────────────────────────────────────────────────────────────────────────
+
+
+class _StateCache:
+    """The states (with their matchers) of recently stepped workflows, by workflow pk.
+
+    An entry is (revision, state). A step takes the entry out while it holds the row lock and
+    uses it only if the row's revision is the same (no other process stepped the workflow since);
+    the entry goes back, with the new revision, only after the commit. A state is never shared:
+    whoever holds it holds the row lock."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.entries: OrderedDict[int, tuple[int, WorkflowState]] = OrderedDict()
+        self.lock = threading.Lock()
+
+    def take(self, pk: int, revision: int) -> WorkflowState | None:
+        if not self.size:
+            return None
+        with self.lock:
+            entry = self.entries.pop(pk, None)
+        return entry[1] if entry is not None and entry[0] == revision else None
+
+    def put(self, pk: int, revision: int, state: WorkflowState) -> None:
+        if not self.size:
+            return
+        with self.lock:
+            self.entries[pk] = (revision, state)
+            self.entries.move_to_end(pk)
+            while len(self.entries) > self.size:
+                self.entries.popitem(last=False)
+
+
+# ── the store ──────────────────────────────────────────────────────────────────────────────────
+
+
+class Store:
+    """The server's database. Thread-safe: each call takes a pooled connection of its own."""
+
+    def __init__(self, engine: sa.Engine, *, state_cache: int = 0) -> None:
+        self.engine = engine
+        self.dialect = engine.dialect.name
+        self._cache = _StateCache(state_cache)
+
+    @classmethod
+    def open(cls, url: str, *, state_cache: int = 0, busy_timeout: float = 30.0,
+             **engine_options: Any) -> Store:
+        """Open a SQLite file (`sqlite:///path.db`) or PostgreSQL (`postgresql+psycopg://...`).
+
+        `state_cache` keeps that many workflow states (and their matchers) in memory between
+        steps; a cached state is used only while no other process has stepped the workflow.
+        `busy_timeout` (SQLite) is how long a writer waits for the lock, in seconds."""
+        parsed = sa.make_url(url)
+        backend = parsed.get_backend_name()
+        json_options = {"json_serializer": _compact}
+        if backend == "sqlite":
+            if parsed.database in (None, "", ":memory:"):
+                raise ValueError("the store needs a SQLite file, not an in-memory database")
+            engine = sa.create_engine(parsed, connect_args={"timeout": busy_timeout},
+                                      **json_options, **engine_options)
+            _sqlite_setup(engine, busy_timeout)
+        elif backend == "postgresql":
+            engine = sa.create_engine(parsed, pool_pre_ping=True, **json_options, **engine_options)
+        else:
+            raise ValueError(f"unsupported database {backend!r}: use sqlite or postgresql+psycopg")
+        return cls(engine, state_cache=state_cache)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def ping(self) -> None:
+        """Raise unless the database answers (for /healthz)."""
+        with self.engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+
+    def upgrade(self, revision: str = "head") -> None:
+        """`alembic upgrade head` on this database, under a lock so concurrent starts migrate once."""
+        cfg = alembic_config(self.engine.url.render_as_string(hide_password=False))
+        with self._tx(write=True) as conn:
+            if self.dialect == "postgresql":
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": MIGRATION_LOCK})
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, revision)
+
+    # ── transactions ───────────────────────────────────────────────────────────────────────────
+
+    @contextmanager
+    def _tx(self, *, write: bool, snapshot: bool = False) -> Iterator[sa.Connection]:
+        """One transaction. A write takes SQLite's write lock at BEGIN (a deferred transaction
+        that writes later can fail at once with SQLITE_BUSY instead of waiting). A `snapshot`
+        read is REPEATABLE READ on PostgreSQL, so its several SELECTs see one committed state
+        (a SQLite read transaction is a snapshot already)."""
+        with self.engine.connect() as conn:
+            if write and self.dialect == "sqlite":
+                conn.execution_options(emirax_immediate=True)
+            elif snapshot and self.dialect == "postgresql":
+                conn.execution_options(isolation_level="REPEATABLE READ")
+            with conn.begin():
+                yield conn
+
+    def _insert(self, table: sa.Table) -> Any:
+        """INSERT with this dialect's ON CONFLICT support."""
+        return (postgresql.insert if self.dialect == "postgresql" else sqlite.insert)(table)
+
+    # ── tenants ────────────────────────────────────────────────────────────────────────────────
+
+    def create_tenant(self, name: str) -> tuple[int, str]:
+        """A new tenant and its token (shown once: only its hash is stored)."""
+        token = secrets.token_urlsafe(32)
+        try:
+            with self._tx(write=True) as conn:
+                result = conn.execute(TENANTS.insert().values(
+                    name=name, token_hash=token_hash(token), created_at=utcnow()))
+                return int(result.inserted_primary_key[0]), token
+        except sa.exc.IntegrityError:
+            raise Conflict(f"a tenant named {name!r} exists") from None
+
+    def tenant_by_token(self, token: str) -> Tenant | None:
+        with self._tx(write=False) as conn:
+            row = conn.execute(sa.select(TENANTS.c.id, TENANTS.c.name, TENANTS.c.created_at)
+                               .where(TENANTS.c.token_hash == token_hash(token))).first()
+        return Tenant(row.id, row.name, row.created_at) if row is not None else None
+
+    # ── bundles ────────────────────────────────────────────────────────────────────────────────
+
+    def put_bundle(self, tenant_id: int, package: str, version: str, digest: str, data: bytes,
+                   manifest: dict[str, Any]) -> Literal["created", "same"]:
+        """Store a verified bundle. The same digest again is a no-op ("same"); another digest
+        under a version that exists raises Conflict. A package's first version becomes active."""
+        with self._tx(write=True) as conn:
+            added = conn.execute(
+                self._insert(BUNDLES).values(
+                    tenant_id=tenant_id, package=package, version=version, digest=digest,
+                    data=data, manifest=manifest, created_at=utcnow())
+                .on_conflict_do_nothing(index_elements=["tenant_id", "package", "version"])
+                .returning(BUNDLES.c.id)).first()
+            if added is None:
+                stored = conn.execute(sa.select(BUNDLES.c.digest).where(
+                    *_bundle_key(tenant_id, package, version))).scalar_one()
+                if stored != digest:
+                    raise Conflict(f"{package} {version} exists with another digest ({stored})")
+                return "same"
+            conn.execute(self._insert(PACKAGES).values(
+                tenant_id=tenant_id, package=package, active_version=version)
+                .on_conflict_do_nothing(index_elements=["tenant_id", "package"]))
+            return "created"
+
+    def activate(self, tenant_id: int, package: str, version: str) -> str:
+        """Make `version` the active one (also a rollback); returns the version active before."""
+        with self._tx(write=True) as conn:
+            exists = conn.execute(sa.select(BUNDLES.c.id).where(
+                *_bundle_key(tenant_id, package, version))).first()
+            before = conn.execute(
+                sa.select(PACKAGES.c.active_version)
+                .where(PACKAGES.c.tenant_id == tenant_id, PACKAGES.c.package == package)
+                .with_for_update()).scalar_one_or_none()
+            if exists is None or before is None:
+                raise NotFound(f"no version {version} of {package}")
+            conn.execute(PACKAGES.update()
+                         .where(PACKAGES.c.tenant_id == tenant_id, PACKAGES.c.package == package)
+                         .values(active_version=version))
+            return str(before)
+
+    def packages(self, tenant_id: int) -> list[PackageInfo]:
+        with self._tx(write=False) as conn:
+            rows = conn.execute(sa.select(PACKAGES.c.package, PACKAGES.c.active_version)
+                                .where(PACKAGES.c.tenant_id == tenant_id)
+                                .order_by(PACKAGES.c.package)).all()
+        return [PackageInfo(r.package, r.active_version) for r in rows]
+
+    def active_version(self, tenant_id: int, package: str) -> str | None:
+        with self._tx(write=False) as conn:
+            return conn.execute(sa.select(PACKAGES.c.active_version).where(
+                PACKAGES.c.tenant_id == tenant_id, PACKAGES.c.package == package)).scalar()
+
+    def versions(self, tenant_id: int, package: str) -> list[VersionInfo] | None:
+        """A package's versions, oldest first, with the active one marked; None if no such package."""
+        with self._tx(write=False, snapshot=True) as conn:
+            active = conn.execute(sa.select(PACKAGES.c.active_version).where(
+                PACKAGES.c.tenant_id == tenant_id, PACKAGES.c.package == package)).scalar()
+            if active is None:
+                return None
+            rows = conn.execute(
+                sa.select(BUNDLES.c.version, BUNDLES.c.digest, BUNDLES.c.created_at)
+                .where(BUNDLES.c.tenant_id == tenant_id, BUNDLES.c.package == package)
+                .order_by(BUNDLES.c.id)).all()
+        return [VersionInfo(r.version, r.digest, r.version == active, r.created_at) for r in rows]
+
+    def bundle(self, tenant_id: int, package: str,
+               version: str) -> tuple[bytes, dict[str, Any], str] | None:
+        """(data, manifest, digest) of one stored version, or None."""
+        with self._tx(write=False) as conn:
+            row = conn.execute(sa.select(BUNDLES.c.data, BUNDLES.c.manifest, BUNDLES.c.digest)
+                               .where(*_bundle_key(tenant_id, package, version))).first()
+        return (bytes(row.data), row.manifest, row.digest) if row is not None else None
+
+    # ── workflows ──────────────────────────────────────────────────────────────────────────────
+
+    def create_workflow(self, tenant_id: int, name: str, package: str, version: str,
+                        client_id: str | None = None, priority: int = 0) -> tuple[str, bool]:
+        """A new workflow row (no facts yet). The same client id twice gives (id, False).
+
+        A server that starts a workflow with facts should use `start`, which creates the row
+        and applies the first step in one transaction."""
+        with self.start(tenant_id, name, package, version, client_id, priority) as s:
+            return s.workflow.id, s.created
+
+    @contextmanager
+    def start(self, tenant_id: int, name: str, package: str, version: str,
+              client_id: str | None = None, priority: int = 0) -> Iterator[StepHandle]:
+        """Create a workflow and step it in ONE transaction (a crash cannot leave a started
+        workflow without its first facts). With a client id that exists, nothing is created:
+        the handle has `created == False` and the existing workflow, locked, as `step` gives it."""
+        wid = _client_id(client_id) if client_id is not None else uuid.uuid4().hex
+        with self._handle(tenant_id, wid, create=(name, package, version, priority)) as handle:
+            yield handle
+
+    @contextmanager
+    def step(self, tenant_id: int, workflow_id: str) -> Iterator[StepHandle]:
+        """ONE transaction on one workflow, its row locked: `.state` is its WorkflowState,
+        `.apply(delta)` writes what the engine's step changed. Commits when the block ends,
+        rolls back (writing nothing) when it raises. NotFound for a missing or foreign workflow."""
+        with self._handle(tenant_id, workflow_id, create=None) as handle:
+            yield handle
+
+    @contextmanager
+    def _handle(self, tenant_id: int, workflow_id: str,
+                create: tuple[str, str, str, int] | None) -> Iterator[StepHandle]:
+        handle: StepHandle | None = None
+        try:
+            with self._tx(write=True) as conn:
+                # A row this transaction inserted is its own until the commit: no lock needed.
+                row = (self._insert_workflow(conn, tenant_id, workflow_id, *create)
+                       if create is not None else None)
+                created = row is not None
+                if not created:
+                    row = self._lock(conn, tenant_id, workflow_id)
+                    if row is None:
+                        raise NotFound(f"no workflow {workflow_id}")
+                if created:
+                    state = _load_state(conn, row, empty=True)
+                else:  # the cached state, unless another process stepped the workflow since
+                    state = self._cache.take(row.pk, row.revision)
+                    if state is None:
+                        state = _load_state(conn, row)
+                handle = StepHandle(conn, tenant_id, row, state, created)
+                yield handle
+        finally:
+            if handle is not None:
+                handle._closed = True
+        # Committed: the state is the stored one again (a rolled-back one was never put back).
+        if handle.revision != row.revision:
+            self._cache.put(row.pk, handle.revision, handle.state)
+
+    def _insert_workflow(self, conn: sa.Connection, tenant_id: int, workflow_id: str, name: str,
+                         package: str, version: str, priority: int) -> Any:
+        """The new row, or None when the tenant has a workflow with this id already."""
+        now = utcnow()
+        result = conn.execute(
+            self._insert(WORKFLOWS).values(
+                id=workflow_id, tenant_id=tenant_id, name=name, package=package, version=version,
+                status="waiting", output=None, error=None, priority=priority, next_fact=1,
+                next_call=1, next_pending=1, next_seq=1, revision=0, created_at=now,
+                updated_at=now)
+            .on_conflict_do_nothing(index_elements=["tenant_id", "id"])
+            .returning(*WORKFLOWS.c))
+        return result.first()
+
+    def _lock(self, conn: sa.Connection, tenant_id: int, workflow_id: str) -> Any:
+        # NO KEY UPDATE: serialises steps of this workflow, yet does not block other
+        # transactions inserting rows that refer to it (a foreign key takes KEY SHARE).
+        query = sa.select(WORKFLOWS).where(WORKFLOWS.c.tenant_id == tenant_id,
+                                           WORKFLOWS.c.id == workflow_id)
+        if self.dialect == "postgresql":
+            query = query.with_for_update(key_share=True)
+        return conn.execute(query).first()
+
+    def load(self, tenant_id: int, workflow_id: str) -> WorkflowState | None:
+        """The workflow's state, rebuilt from its rows (a new object, not locked); None when
+        missing or another tenant's."""
+        with self._tx(write=False, snapshot=True) as conn:
+            row = _select_workflow(conn, tenant_id, workflow_id)
+            return _load_state(conn, row) if row is not None else None
+
+    def workflow(self, tenant_id: int, workflow_id: str) -> WorkflowInfo | None:
+        with self._tx(write=False) as conn:
+            row = _select_workflow(conn, tenant_id, workflow_id)
+        return _workflow_info(row) if row is not None else None
+
+    def describe(self, tenant_id: int, workflow_id: str) -> dict[str, Any] | None:
+        """What `GET /v1/workflows/{id}` shows, read in one snapshot: the row (as
+        WorkflowInfo.to_json(), with `workflow` the full name), `facts` as {"type", "fields"}
+        oldest first, and `pending`, the queued invocations. None when missing or foreign."""
+        with self._tx(write=False, snapshot=True) as conn:
+            row = _select_workflow(conn, tenant_id, workflow_id)
+            if row is None:
+                return None
+            facts = conn.execute(sa.select(FACTS.c.type, FACTS.c.fields)
+                                 .where(FACTS.c.workflow_pk == row.pk)
+                                 .order_by(FACTS.c.fact_id)).all()
+            queued = _queued(conn, row.pk)
+        doc = _workflow_info(row).to_json()
+        doc["workflow"] = doc.pop("name")
+        doc["facts"] = [{"type": f.type, "fields": f.fields} for f in facts]
+        doc["pending"] = [i.to_json() for i in queued]
+        return doc
+
+    def list_workflows(self, tenant_id: int, name: str | None = None, status: str | None = None,
+                       after: str | None = None,
+                       limit: int = 50) -> tuple[list[WorkflowInfo], str | None]:
+        """A page of workflows ordered by id, after the cursor `after` (an id); the cursor of
+        the next page, or None on the last. Served by (tenant_id, status|name, id) indexes."""
+        limit = max(1, min(int(limit), 1000))
+        w = WORKFLOWS.c
+        query = sa.select(*(getattr(w, c) for c in _WORKFLOW_COLUMNS)).where(w.tenant_id == tenant_id)
+        if name is not None:
+            query = query.where(w.name == name)
+        if status is not None:
+            query = query.where(w.status == status)
+        if after is not None:
+            query = query.where(w.id > after)
+        with self._tx(write=False) as conn:
+            rows = conn.execute(query.order_by(w.id).limit(limit + 1)).all()
+        page = [_workflow_info(r) for r in rows[:limit]]
+        return page, (page[-1].id if len(rows) > limit else None)
+
+    def trace(self, tenant_id: int, workflow_id: str, after_seq: int = 0,
+              limit: int = 500) -> list[TraceEntry] | None:
+        """Trace events with seq > after_seq, oldest first; None for a missing workflow."""
+        limit = max(1, min(int(limit), 10_000))
+        with self._tx(write=False) as conn:
+            pk = _workflow_pk(conn, tenant_id, workflow_id)
+            if pk is None:
+                return None
+            rows = conn.execute(sa.select(TRACE.c.seq, TRACE.c.at, TRACE.c.event)
+                                .where(TRACE.c.workflow_pk == pk, TRACE.c.seq > after_seq)
+                                .order_by(TRACE.c.seq).limit(limit)).all()
+        return [TraceEntry(r.seq, r.at, r.event) for r in rows]
+
+    def pending_invocations(self, tenant_id: int, workflow_id: str) -> list[InvocationInfo] | None:
+        """The workflow's queued invocations by call id; None for a missing workflow."""
+        with self._tx(write=False) as conn:
+            pk = _workflow_pk(conn, tenant_id, workflow_id)
+            return _queued(conn, pk) if pk is not None else None
+
+
+# ── one step ───────────────────────────────────────────────────────────────────────────────────
+
+
+class StepHandle:
+    """What `Store.step` and `Store.start` yield: the locked workflow, its state, and `apply`.
+
+    Valid only inside the `with` block. `apply` may be called more than once (a step per
+    event); everything is committed together when the block ends."""
+
+    def __init__(self, conn: sa.Connection, tenant_id: int, row: Any, state: WorkflowState,
+                 created: bool) -> None:
+        self._conn = conn
+        self._tenant_id = tenant_id
+        self._row: dict[str, Any] = row._asdict()
+        self._pk: int = row.pk
+        self._seq: int = row.next_seq
+        self._open = set(state.calls)  # invocations queued before this delta
+        self._closed = False
+        self._base_revision: int = row.revision
+        self.state = state
+        self.created = created
+        self.revision: int = row.revision
+
+    @property
+    def version(self) -> str:
+        """The bundle version the workflow runs under (the one to step it with)."""
+        return str(self._row["version"])
+
+    @property
+    def workflow(self) -> WorkflowInfo:
+        """The workflow's row as of the last `apply` (as locked, before any)."""
+        return WorkflowInfo(**{name: self._row[name] for name in _WORKFLOW_COLUMNS})
+
+    def apply(self, delta: Delta) -> None:
+        """Write one delta of the engine's `step` on this handle's state."""
+        if self._closed:
+            raise StoreError("this step's transaction has ended")
+        conn, pk, now = self._conn, self._pk, utcnow()
+        _write_facts(conn, pk, delta)
+        if delta.fired:
+            conn.execute(FIRED.insert(), [
+                {"workflow_pk": pk, "key_hash": h, "key": text}
+                for h, text in map(fired_key, delta.fired)])
+        _write_pending(conn, pk, delta)
+        self._write_invocations(delta, now)
+        if delta.trace:
+            conn.execute(TRACE.insert(), [
+                {"workflow_pk": pk, "seq": self._seq + i, "at": now, "event": event}
+                for i, event in enumerate(delta.trace)])
+            self._seq += len(delta.trace)
+        self._write_workflow(delta, now)
+
+    def _write_invocations(self, delta: Delta, now: datetime) -> None:
+        """Queue the new invocations and settle the ones that left the state's open calls:
+        cancelled ones as the delta says, the others because a result or failure closed them."""
+        conn, pk = self._conn, self._pk
+        cancelled = set(delta.cancelled)
+        still_open = set(self.state.calls)
+        new = {inv.id for inv in delta.invocations}
+        if delta.invocations:
+            conn.execute(INVOCATIONS.insert(), [
+                {"tenant_id": self._tenant_id, "workflow_pk": pk, "call_id": inv.id,
+                 "kind": inv.kind, "name": inv.name, "args": inv.args, "facts": inv.facts,
+                 "options": inv.options, "rule": inv.rule,
+                 "priority": _priority(inv.options, self._row["priority"]),
+                 "status": ("cancelled" if inv.id in cancelled
+                            else "queued" if inv.id in still_open else "done"),
+                 "created_at": now}
+                for inv in delta.invocations])
+        settled = self._open - still_open
+        for status, calls in (("cancelled", settled & cancelled), ("done", settled - cancelled)):
+            if calls - new:
+                conn.execute(INVOCATIONS.update()
+                             .where(INVOCATIONS.c.workflow_pk == pk,
+                                    INVOCATIONS.c.call_id.in_(sorted(calls - new)),
+                                    INVOCATIONS.c.status == "queued")
+                             .values(status=status))
+        self._open = still_open
+
+    def _write_workflow(self, delta: Delta, now: datetime) -> None:
+        state = self.state
+        self.revision = self._base_revision + 1  # one revision per transaction
+        values = {
+            "status": delta.status, "output": delta.output, "error": delta.error,
+            "version": state.version or self._row["version"], "next_fact": state.next_fact,
+            "next_call": state.next_call, "next_pending": state.next_pending,
+            "next_seq": self._seq, "revision": self.revision, "updated_at": now,
+        }
+        self._conn.execute(WORKFLOWS.update().where(WORKFLOWS.c.pk == self._pk).values(**values))
+        self._row.update(values)
+
+
+# ── reading and writing a workflow's rows ──────────────────────────────────────────────────────
+
+
+def _bundle_key(tenant_id: int, package: str, version: str) -> tuple[Any, ...]:
+    b = BUNDLES.c
+    return (b.tenant_id == tenant_id, b.package == package, b.version == version)
+
+
+def _client_id(client_id: str) -> str:
+    if not isinstance(client_id, str) or not 1 <= len(client_id) <= 255:
+        raise ValueError("a workflow id is a string of 1 to 255 characters")
+    return client_id
+
+
+def _priority(options: dict[str, Any], workflow_priority: int) -> int:
+    """An invocation's queue priority: its workflow's (from the start request) plus its
+    function's `priority` option (0 unless declared), so a start request raises all of a
+    workflow's work and the function's option orders work within it."""
+    p = options.get("priority", 0)
+    return workflow_priority + (p if isinstance(p, int) and not isinstance(p, bool) else 0)
+
+
+def _select_workflow(conn: sa.Connection, tenant_id: int, workflow_id: str) -> Any:
+    return conn.execute(sa.select(WORKFLOWS).where(
+        WORKFLOWS.c.tenant_id == tenant_id, WORKFLOWS.c.id == workflow_id)).first()
+
+
+def _workflow_pk(conn: sa.Connection, tenant_id: int, workflow_id: str) -> int | None:
+    return conn.execute(sa.select(WORKFLOWS.c.pk).where(
+        WORKFLOWS.c.tenant_id == tenant_id, WORKFLOWS.c.id == workflow_id)).scalar()
+
+
+def _load_state(conn: sa.Connection, row: Any, *, empty: bool = False) -> WorkflowState:
+    """The WorkflowState of a workflow row and its facts, refraction keys and pending
+    activations (`empty`: a row just inserted has none, so nothing is read)."""
+    pk = row.pk
+    facts: Iterable[Any] = ()
+    keys: Iterable[str] = ()
+    docs: Iterable[Any] = ()
+    if not empty:
+        facts = conn.execute(sa.select(FACTS.c.fact_id, FACTS.c.version, FACTS.c.type,
+                                       FACTS.c.fields)
+                             .where(FACTS.c.workflow_pk == pk).order_by(FACTS.c.fact_id)).all()
+        keys = conn.execute(sa.select(FIRED.c.key).where(FIRED.c.workflow_pk == pk)).scalars()
+        docs = conn.execute(sa.select(PENDING.c.doc).where(PENDING.c.workflow_pk == pk)
+                            .order_by(PENDING.c.pending_id)).scalars()
+    pending = {p.id: p for p in map(Pending.from_json, docs)}
+    return WorkflowState(
+        workflow=row.name,
+        facts={f.fact_id: FactValue(f.type, f.fields, f.fact_id, f.version) for f in facts},
+        fired={key_from_json(json.loads(k)) for k in keys},
+        pending=pending,
+        calls=_open_calls(pending.values()),
+        status=row.status, output=row.output, error=row.error, version=row.version,
+        next_fact=row.next_fact, next_call=row.next_call, next_pending=row.next_pending,
+    )
+
+
+def _open_calls(pending: Iterable[Pending]) -> dict[int, int]:
+    """The state's open invocations: every call of a pending activation without its result
+    (a result or failure takes the call out; a failure closes the whole activation)."""
+    return {c: p.id for p in pending for c in p.calls if c not in p.results}
+
+
+def _write_facts(conn: sa.Connection, pk: int, delta: Delta) -> None:
+    if delta.inserted:
+        conn.execute(FACTS.insert(), [
+            {"workflow_pk": pk, "fact_id": f.id, "version": f.version, "type": f.type,
+             "fields": dict(f.fields)} for f in delta.inserted])
+    if delta.modified:
+        conn.execute(
+            FACTS.update()
+            .where(FACTS.c.workflow_pk == pk, FACTS.c.fact_id == sa.bindparam("b_id"))
+            .values(version=sa.bindparam("b_version"), fields=sa.bindparam("b_fields")),
+            [{"b_id": f.id, "b_version": f.version, "b_fields": dict(f.fields)}
+             for f in delta.modified])
+    if delta.retracted:
+        conn.execute(FACTS.delete().where(FACTS.c.workflow_pk == pk,
+                                          FACTS.c.fact_id.in_(delta.retracted)))
+
+
+def _write_pending(conn: sa.Connection, pk: int, delta: Delta) -> None:
+    """Net effect of opened/updated/closed: an activation opened and closed in the same delta
+    (a batch, or a failure in the same step) never reaches the table."""
+    closed = set(delta.closed)
+    opened = {p.id: p for p in delta.opened}
+    inserts = [p for i, p in opened.items() if i not in closed]
+    updates = {p.id: p for p in delta.updated if p.id not in opened and p.id not in closed}
+    deletes = sorted(i for i in closed if i not in opened)
+    if inserts:
+        conn.execute(PENDING.insert(), [
+            {"workflow_pk": pk, "pending_id": p.id, "doc": p.to_json()} for p in inserts])
+    if updates:
+        conn.execute(
+            PENDING.update()
+            .where(PENDING.c.workflow_pk == pk, PENDING.c.pending_id == sa.bindparam("b_id"))
+            .values(doc=sa.bindparam("b_doc")),
+            [{"b_id": p.id, "b_doc": p.to_json()} for p in updates.values()])
+    if deletes:
+        conn.execute(PENDING.delete().where(PENDING.c.workflow_pk == pk,
+                                            PENDING.c.pending_id.in_(deletes)))
+
+
+def _queued(conn: sa.Connection, pk: int) -> list[InvocationInfo]:
+    rows = conn.execute(sa.select(INVOCATIONS)
+                        .where(INVOCATIONS.c.workflow_pk == pk, INVOCATIONS.c.status == "queued")
+                        .order_by(INVOCATIONS.c.call_id)).all()
+    return [_invocation_info(r) for r in rows]
+
+
+def _invocation_info(row: Any) -> InvocationInfo:
+    return InvocationInfo(row.id, row.call_id, row.kind, row.name, row.args, row.facts,
+                          row.options, row.rule, row.priority, row.status, row.created_at)
+
+
+# ── SQLite ─────────────────────────────────────────────────────────────────────────────────────
+
+
+def _sqlite_setup(engine: sa.Engine, busy_timeout: float) -> None:
+    """WAL (readers never wait for the writer), foreign keys on, a busy timeout, and BEGIN
+    issued by SQLAlchemy so a write transaction can be BEGIN IMMEDIATE."""
+
+    @sa.event.listens_for(engine, "connect")
+    def _connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None  # the driver must not issue its own BEGIN
+        cursor = dbapi_conn.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
+        cursor.close()
+
+    @sa.event.listens_for(engine, "begin")
+    def _begin(conn: sa.Connection) -> None:
+        immediate = conn.get_execution_options().get("emirax_immediate", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+

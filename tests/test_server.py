@@ -1,0 +1,243 @@
+"""The HTTP API against a real server (`emirax serve` in a subprocess), on SQLite and PostgreSQL.
+
+Each database gets its own server process, started once per module with a fresh database; the
+tests talk to it over HTTP with httpx, as clients and the CLI do, and assert what clients rely on:
+status codes, problem+json, the tenant coming from the token, another tenant's data answering
+404 like missing data, bad input changing nothing, and workflows evaluated durably.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from emirax import pipeline
+from emirax.bundle import build_bundle
+
+ADMIN = "admin-" + secrets.token_hex(8)
+ORDERS = """\
+package demo.orders
+
+workflow Order {
+    fact Item(String sku, int qty)
+    fact Total(int items)
+    fact Shipped(String carrier)
+
+    rule 'count' {
+        match {
+            items: collect Item()
+            when items.size() > 0
+        }
+        action {
+            def n = items.sum { it.qty }
+            insert Total(items: n)
+        }
+    }
+    rule 'ship' {
+        match {
+            t: Total()
+            s: Shipped()
+        }
+        action { complete(items: t.items, carrier: s.carrier) }
+    }
+}
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _bundle(tmp: Path, source: str, version: str) -> bytes:
+    path = tmp / f"orders-{version}.emx"
+    path.write_text(source, encoding="utf-8")
+    result = pipeline.build(path, cache_dir=False)
+    assert result.ir is not None
+    return build_bundle(result.ir, version=version, sources={})
+
+
+class Server:
+    def __init__(self, url: str, home: Path) -> None:
+        self.port = _free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        env = {**os.environ, "EMIRAX_HOME": str(home), "EMIRAX_ADMIN_TOKEN": ADMIN}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "emirax", "serve", "--port", str(self.port), "--db", url],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited: {self.proc.stderr.read()}")  # type: ignore[union-attr]
+            try:
+                if httpx.get(f"{self.base}/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        raise RuntimeError("server did not start")
+
+    def client(self, token: str | None) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return httpx.Client(base_url=self.base, headers=headers, timeout=30)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    home = tmp_path_factory.mktemp("home")
+    if request.param == "sqlite":
+        url, cleanup = f"sqlite:///{home / 'emirax.db'}", None
+    else:
+        url, cleanup = _fresh_postgres(request.getfixturevalue("postgres_url"))
+    srv = Server(url, home)
+    yield srv
+    srv.stop()
+    if cleanup:
+        cleanup()
+
+
+def _fresh_postgres(base_url: str) -> tuple[str, object]:
+    import psycopg
+
+    from conftest import libpq_dsn
+
+    name = "emirax_server_" + secrets.token_hex(4)
+    admin_dsn = libpq_dsn(base_url)
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        conn.execute(f"create database {name}")
+    url = base_url.rsplit("/", 1)[0] + "/" + name
+
+    def drop() -> None:
+        with psycopg.connect(admin_dsn, autocommit=True) as conn:
+            conn.execute(f"drop database if exists {name} with (force)")
+
+    return url, drop
+
+
+@pytest.fixture(scope="module")
+def tenants(server: Server) -> dict[str, str]:
+    with server.client(ADMIN) as admin:
+        tokens = {}
+        for name in ("acme", "globex"):
+            r = admin.post("/v1/tenants", json={"name": f"{name}-{secrets.token_hex(3)}"})
+            assert r.status_code == 201, r.text
+            tokens[name] = r.json()["token"]
+    return tokens
+
+
+@pytest.fixture(scope="module")
+def orders_v1(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    return _bundle(tmp_path_factory.mktemp("b"), ORDERS, "1.0.0")
+
+
+def _problem(r: httpx.Response, status: int) -> dict:
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"].startswith("application/problem+json")
+    body = r.json()
+    assert body["status"] == status and body["title"]
+    return body
+
+
+def test_health_and_tokens(server: Server, tenants: dict[str, str]) -> None:
+    assert server.client(None).get("/healthz").json() == {"status": "ok"}
+    _problem(server.client(None).get("/v1/workflows"), 401)
+    _problem(server.client("wrong").get("/v1/workflows"), 401)
+    _problem(server.client(tenants["acme"]).post("/v1/tenants", json={"name": "x"}), 403)
+    _problem(server.client(ADMIN).get("/v1/workflows"), 403)
+
+
+def test_upload_is_verified_and_idempotent(server: Server, tenants: dict[str, str],
+                                           orders_v1: bytes) -> None:
+    with server.client(tenants["acme"]) as c:
+        first = c.post("/v1/bundles", content=orders_v1)
+        assert first.status_code in (200, 201), first.text
+        again = c.post("/v1/bundles", content=orders_v1)
+        assert again.status_code == 200 and again.json()["outcome"] == "same"
+        assert again.json()["active"] is True  # the first version of a package is active at once
+        _problem(c.post("/v1/bundles", content=b"PK\x03\x04 not a zip at all"), 422)
+        _problem(c.post("/v1/bundles", content=b"x" * (65 << 20)), 413)
+        listed = c.get("/v1/bundles/demo.orders").json()["versions"]
+        assert [v["version"] for v in listed] == ["1.0.0"]
+    with server.client(tenants["globex"]) as other:
+        _problem(other.get("/v1/bundles/demo.orders"), 404)
+
+
+def test_a_workflow_runs_durably_and_is_idempotent_by_id(server: Server, tenants: dict[str, str],
+                                                         orders_v1: bytes) -> None:
+    with server.client(tenants["acme"]) as c:
+        c.post("/v1/bundles", content=orders_v1)
+        body = {"workflow": "demo.orders.Order", "id": "order-1",
+                "facts": [{"type": "Item", "fields": {"sku": "a", "qty": 2}},
+                          {"type": "Item", "fields": {"sku": "b", "qty": 3}}]}
+        r = c.post("/v1/workflows", json=body)
+        assert r.status_code == 201, r.text
+        doc = r.json()
+        assert doc["status"] == "waiting" and doc["version"] == "1.0.0"
+        assert {"type": "Total", "fields": {"items": 5}} in doc["facts"]
+        again = c.post("/v1/workflows", json=body)
+        assert again.status_code == 200 and again.json()["facts"] == doc["facts"]
+        r = c.post("/v1/workflows/order-1/facts",
+                   json={"facts": [{"type": "Shipped", "fields": {"carrier": "ups"}}]})
+        assert r.status_code == 200, r.text
+        assert r.json()["status"] == "completed"
+        assert r.json()["output"] == {"items": 5, "carrier": "ups"}
+        events = c.get("/v1/workflows/order-1/trace").json()["events"]
+        fired = [e["event"]["rule"] for e in events if e["event"]["event"] == "fire"]
+        assert fired == ["count", "ship"]
+        listed = c.get("/v1/workflows", params={"status": "completed"}).json()["workflows"]
+        assert "order-1" in [w["id"] for w in listed]
+
+
+def test_bad_input_is_refused_and_changes_nothing(server: Server, tenants: dict[str, str],
+                                                  orders_v1: bytes) -> None:
+    with server.client(tenants["acme"]) as c:
+        c.post("/v1/bundles", content=orders_v1)
+        c.post("/v1/workflows", json={"workflow": "demo.orders.Order", "id": "order-2", "facts": []})
+        before = c.get("/v1/workflows/order-2").json()
+        _problem(c.post("/v1/workflows/order-2/facts", content=b"{not json",
+                        headers={"content-type": "application/json"}), 422)
+        _problem(c.post("/v1/workflows/order-2/facts",
+                        json={"facts": [{"type": "Nope", "fields": {}}]}), 422)
+        _problem(c.post("/v1/workflows/order-2/facts",
+                        json={"facts": [{"type": "Item", "fields": {"sku": 1, "qty": 1}}]}), 422)
+        _problem(c.post("/v1/workflows/order-2/facts",
+                        json={"facts": [{"type": "Item", "fields": {"sku": "x" * (2 << 20), "qty": 1}}]}), 413)
+        _problem(c.post("/v1/workflows", json={"workflow": "demo.orders.Nope"}), 404)
+        assert c.get("/v1/workflows/order-2").json() == before
+
+
+def test_another_tenant_sees_nothing(server: Server, tenants: dict[str, str], orders_v1: bytes) -> None:
+    with server.client(tenants["acme"]) as c:
+        c.post("/v1/bundles", content=orders_v1)
+        c.post("/v1/workflows", json={"workflow": "demo.orders.Order", "id": "secret-1", "facts": []})
+    with server.client(tenants["globex"]) as other:
+        missing = _problem(other.get("/v1/workflows/never-existed"), 404)
+        theirs = _problem(other.get("/v1/workflows/secret-1"), 404)
+        assert missing["title"] == theirs["title"]
+        _problem(other.get("/v1/workflows/secret-1/trace"), 404)
+        _problem(other.post("/v1/workflows/secret-1/facts",
+                            json={"facts": [{"type": "Item", "fields": {"sku": "a", "qty": 1}}]}), 404)
+        assert "secret-1" not in [w["id"] for w in other.get("/v1/workflows").json()["workflows"]]
+        _problem(other.post("/v1/workflows", json={"workflow": "demo.orders.Order", "facts": []}), 404)
+    with server.client(tenants["acme"]) as c:
+        assert c.get("/v1/workflows/secret-1").json()["facts"] == []
+
+
+def test_the_openapi_document_lists_the_routes(server: Server) -> None:
+    doc = server.client(None).get("/openapi.json").json()
+    for path in ("/v1/tenants", "/v1/bundles", "/v1/workflows", "/v1/workflows/{workflow_id}",
+                 "/v1/workflows/{workflow_id}/facts", "/v1/workflows/{workflow_id}/trace"):
+        assert path in doc["paths"]
