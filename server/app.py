@@ -15,8 +15,8 @@ Rules every route follows:
 """
 
 import hmac
-import threading
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 import pluggy
@@ -28,9 +28,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from emirax.bundle import MAX_BUNDLE_BYTES, load_bundle
 from emirax.engine.program import EngineError, InputError, Workflow
-from emirax.engine.step import AddFacts, Limits, Start, step
+from emirax.engine.state import WorkflowState
+from emirax.engine.step import AddFacts, Limits, Reevaluate, Start, step
 from emirax.errors import EmiraxError
-from server.plugins import Principal, TenantSpace, server_plugins
+from server.plugins import Principal, Spaces, server_plugins
+from server.reevaluate import Reevaluator
 from server.store import Conflict, NotFound, Store
 
 __all__ = ["Problem", "create_app"]
@@ -80,31 +82,21 @@ class TenantIn(BaseModel):
 # ── the application ────────────────────────────────────────────────────────────────────────────
 
 
-class _Spaces:
-    """Each tenant's plugin space in this process, filled from the store on first use."""
-
-    def __init__(self, store: Store) -> None:
-        self.store = store
-        self.spaces: dict[int, TenantSpace] = {}
-        self.lock = threading.Lock()
-
-    def workflow(self, tenant_id: int, name: str, version: str) -> Workflow | None:
-        package = name.rpartition(".")[0]
-        with self.lock:
-            space = self.spaces.setdefault(tenant_id, TenantSpace(str(tenant_id)))
-            if space.loaded(package, version) is None:
-                found = self.store.bundle(tenant_id, package, version)
-                if found is None:
-                    return None
-                space.load(load_bundle(found[0]))
-            return space.workflow(name, version)
-
-
 def create_app(store: Store, *, admin_token: str, plugins: pluggy.PluginManager | None = None,
                limits: Limits = Limits()) -> FastAPI:
-    app = FastAPI(title="Emirax", version="1", summary="Rules, bundles and durable workflows")
     hooks = plugins if plugins is not None else server_plugins()
-    spaces = _Spaces(store)
+    spaces = Spaces(store)
+    reevaluator = Reevaluator(store, spaces, limits=limits)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        reevaluator.start()  # also resumes re-evaluations a stopped server left owed
+        yield
+        reevaluator.stop()
+
+    app = FastAPI(title="Emirax", version="1", summary="Rules, bundles and durable workflows",
+                  lifespan=lifespan)
+    app.state.reevaluator = reevaluator
     _errors(app)
     _body_limits(app)
 
@@ -183,7 +175,34 @@ def create_app(store: Store, *, admin_token: str, plugins: pluggy.PluginManager 
             store.activate(tenant_id, package, version)
         except NotFound:
             raise Problem(404, "Not Found", f"no bundle {package} {version}") from None
+        reevaluator.kick()  # always on: waiting and completed workflows, in the background
         return {"package": package, "active": version}
+
+    @app.post("/v1/bundles/{package}/versions/{version}/preview")
+    def preview(package: str, version: str, tenant_id: Tenant, limit: int = 1000) -> dict[str, Any]:
+        """Which waiting and completed workflows activating `version` would change, and which
+        rules would fire in each: a dry run on the stored facts that writes nothing."""
+        if store.bundle(tenant_id, package, version) is None:
+            raise Problem(404, "Not Found", f"no bundle {package} {version}")
+        ids = store.workflows_of(tenant_id, package, limit=max(1, min(limit, 10_000)))
+        changed = []
+        for workflow_id in ids:
+            stored = store.load(tenant_id, workflow_id)
+            if stored is None:
+                continue
+            state = WorkflowState.from_json(stored.to_json())  # a copy: nothing is written
+            wf = spaces.workflow(tenant_id, state.workflow, version)
+            if wf is None:
+                continue
+            delta = step(wf, state, Reevaluate(), limits=limits)
+            if delta.fired or delta.inserted or delta.modified or delta.retracted:
+                changed.append({
+                    "id": workflow_id, "fired": [k[0] for k in delta.fired],
+                    "invocations": [i.name for i in delta.invocations],
+                    "inserted": len(delta.inserted), "modified": len(delta.modified),
+                    "retracted": len(delta.retracted), "status": delta.status,
+                })
+        return {"package": package, "version": version, "examined": len(ids), "changed": changed}
 
     @app.post("/v1/workflows")
     def start(body: StartIn, tenant_id: Tenant) -> JSONResponse:
@@ -246,7 +265,7 @@ def create_app(store: Store, *, admin_token: str, plugins: pluggy.PluginManager 
 
 
 def _step(store: Store, tenant_id: int, workflow_id: str,
-          run: Callable[[Workflow, Any], Any], spaces: _Spaces) -> None:
+          run: Callable[[Workflow, Any], Any], spaces: Spaces) -> None:
     """One evaluation step in one transaction, the workflow row locked."""
     try:
         with store.step(tenant_id, workflow_id) as tx:

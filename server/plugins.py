@@ -26,16 +26,18 @@ Hooks (docs/plugins.md lists them with their contracts):
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import pluggy
 
+from emirax.bundle import load_bundle
 from emirax.engine.program import Program, Workflow
 
 __all__ = [
-    "BundleSpec", "LoadedBundle", "NAME", "Principal", "ServerSpec", "TenantSpace", "hookimpl",
+    "BundleSpec", "LoadedBundle", "NAME", "Principal", "ServerSpec", "Spaces", "TenantSpace", "hookimpl",
     "hookspec", "server_plugins",
 ]
 
@@ -161,6 +163,27 @@ class TenantSpace:
     def workflows(self) -> Iterable[tuple[str, str, Workflow]]:
         for provided in self.pm.hook.emirax_workflows():
             yield from provided
+
+
+class Spaces:
+    """Every tenant's plugin space in this process, filled from the store on first use: a
+    bundle version is loaded (verified, compiled) the first time a workflow needs it."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+        self.spaces: dict[int, TenantSpace] = {}
+        self.lock = threading.Lock()
+
+    def workflow(self, tenant_id: int, name: str, version: str) -> Workflow | None:
+        package = name.rpartition(".")[0]
+        with self.lock:
+            space = self.spaces.setdefault(tenant_id, TenantSpace(str(tenant_id)))
+            if space.loaded(package, version) is None:
+                found = self.store.bundle(tenant_id, package, version)
+                if found is None:
+                    return None
+                space.load(load_bundle(found[0]))
+            return space.workflow(name, version)
 
 
 def server_plugins(extra: Iterable[object] = (), entry_points: bool = True) -> pluggy.PluginManager:

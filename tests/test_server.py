@@ -241,3 +241,66 @@ def test_the_openapi_document_lists_the_routes(server: Server) -> None:
     for path in ("/v1/tenants", "/v1/bundles", "/v1/workflows", "/v1/workflows/{workflow_id}",
                  "/v1/workflows/{workflow_id}/facts", "/v1/workflows/{workflow_id}/trace"):
         assert path in doc["paths"]
+
+
+ORDERS_V2 = ORDERS.replace("    fact Shipped(String carrier)\n", "    fact Shipped(String carrier)\n    fact Audited(int items)\n").replace(
+    "    rule 'ship' {", """    rule 'audit' {
+        match {
+            t: Total()
+            not Audited()
+        }
+        action { insert Audited(items: t.items) }
+    }
+    rule 'ship' {""")
+
+
+def _fresh_tenant(server: Server) -> str:
+    with server.client(ADMIN) as admin:
+        r = admin.post("/v1/tenants", json={"name": f"t-{secrets.token_hex(4)}"})
+        assert r.status_code == 201
+        return r.json()["token"]
+
+
+def _wait(predicate, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out waiting for the server"
+        time.sleep(0.05)
+
+
+def test_activating_a_version_re_evaluates_existing_workflows(
+        server: Server, orders_v1: bytes, tmp_path: Path) -> None:
+    token = _fresh_tenant(server)
+    v2 = _bundle(tmp_path, ORDERS_V2, "2.0.0")
+    item = {"type": "Item", "fields": {"sku": "a", "qty": 4}}
+    with server.client(token) as c:
+        c.post("/v1/bundles", content=orders_v1)
+        c.post("/v1/workflows", json={"workflow": "demo.orders.Order", "id": "done", "facts": [item]})
+        c.post("/v1/workflows/done/facts", json={"facts": [{"type": "Shipped", "fields": {"carrier": "dhl"}}]})
+        c.post("/v1/workflows", json={"workflow": "demo.orders.Order", "id": "open", "facts": [item]})
+        before = {w: c.get(f"/v1/workflows/{w}").json() for w in ("done", "open")}
+        assert before["done"]["status"] == "completed"
+        assert c.post("/v1/bundles", content=v2).json()["active"] is False
+
+        preview = c.post("/v1/bundles/demo.orders/versions/2.0.0/preview").json()
+        assert preview["examined"] == 2
+        assert sorted((w["id"], w["fired"]) for w in preview["changed"]) == [
+            ("done", ["audit"]), ("open", ["audit"])]
+        assert {w: c.get(f"/v1/workflows/{w}").json() for w in ("done", "open")} == before  # a dry run
+
+        assert c.post("/v1/bundles/demo.orders/versions/2.0.0/activate").status_code == 200
+        audited = {"type": "Audited", "fields": {"items": 4}}
+        _wait(lambda: all(audited in c.get(f"/v1/workflows/{w}").json()["facts"] for w in ("done", "open")))
+        done = c.get("/v1/workflows/done").json()
+        assert done["status"] == "completed" and done["output"] == before["done"]["output"]
+        assert done["version"] == "2.0.0"
+        events = [e["event"] for e in c.get("/v1/workflows/done/trace").json()["events"]]
+        assert [e["rule"] for e in events if e["event"] == "fire"] == ["count", "ship", "audit"]
+        assert {"event": "version", "from": "1.0.0", "to": "2.0.0"} in events
+        assert len(c.get("/v1/workflows").json()["workflows"]) == 2  # no workflow started
+
+        # rolling back re-evaluates under 1.0.0: nothing fires again
+        c.post("/v1/bundles/demo.orders/versions/1.0.0/activate")
+        _wait(lambda: c.get("/v1/workflows/done").json()["version"] == "1.0.0")
+        events = [e["event"] for e in c.get("/v1/workflows/done/trace").json()["events"]]
+        assert [e["rule"] for e in events if e["event"] == "fire"] == ["count", "ship", "audit"]

@@ -33,7 +33,7 @@ from server.store.models import Base
 ROOT = Path(__file__).resolve().parents[1]
 MEDIA = "media.encode"
 TABLES = {"tenants", "bundles", "packages", "workflows", "facts", "fired", "pending",
-          "invocations", "trace"}
+          "invocations", "trace", "idempotency"}
 
 BACKENDS = [
     pytest.param("sqlite", id="sqlite"),
@@ -213,7 +213,7 @@ def test_migrations_from_an_empty_database_match_the_models(databases: Databases
             store.upgrade()  # at head already: nothing to do
             with store.engine.connect() as conn:
                 assert TABLES <= set(sa.inspect(conn).get_table_names())
-                assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == "0001"
+                assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == "0002"
                 diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
             assert diff == []
         finally:

@@ -119,6 +119,20 @@ class Package(Base):
     active_version: Mapped[str] = mapped_column(sa.String(100))
 
 
+class IdempotentResponse(Base):
+    """The first answer to a POST carrying an `Idempotency-Key`, per tenant (0: the admin), so
+    a replay gets it again and the same key with another request is refused."""
+
+    __tablename__ = "idempotency"
+
+    tenant_id: Mapped[int] = mapped_column(sa.Integer, primary_key=True, autoincrement=False)
+    key: Mapped[str] = mapped_column(sa.String(255), primary_key=True)
+    request_hash: Mapped[str] = mapped_column(sa.String(64))
+    status: Mapped[int] = mapped_column(sa.Integer)
+    body: Mapped[Any] = mapped_column(JSONDoc)
+    created_at: Mapped[datetime]
+
+
 # ── workflows and their state ──────────────────────────────────────────────────────────────────
 
 

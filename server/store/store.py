@@ -61,6 +61,7 @@ FIRED: sa.Table = m.Fired.__table__  # type: ignore[assignment]
 PENDING: sa.Table = m.PendingRow.__table__  # type: ignore[assignment]
 INVOCATIONS: sa.Table = m.Invocation.__table__  # type: ignore[assignment]
 TRACE: sa.Table = m.TraceEvent.__table__  # type: ignore[assignment]
+IDEMPOTENCY: sa.Table = m.IdempotentResponse.__table__  # type: ignore[assignment]
 
 _compact = partial(json.dumps, separators=(",", ":"), allow_nan=False)
 
@@ -303,6 +304,52 @@ class Store:
             row = conn.execute(sa.select(TENANTS.c.id, TENANTS.c.name, TENANTS.c.created_at)
                                .where(TENANTS.c.token_hash == token_hash(token))).first()
         return Tenant(row.id, row.name, row.created_at) if row is not None else None
+
+    # ── idempotency keys ───────────────────────────────────────────────────────────────────────
+
+    def recall(self, tenant_id: int, key: str) -> tuple[str, int, Any] | None:
+        """(request hash, status, body) of the first answer given under `key`, or None."""
+        with self._tx(write=False) as conn:
+            row = conn.execute(sa.select(IDEMPOTENCY.c.request_hash, IDEMPOTENCY.c.status,
+                                         IDEMPOTENCY.c.body)
+                               .where(IDEMPOTENCY.c.tenant_id == tenant_id,
+                                      IDEMPOTENCY.c.key == key)).first()
+        return (row.request_hash, row.status, row.body) if row is not None else None
+
+    def remember(self, tenant_id: int, key: str, request_hash: str, status: int, body: Any) -> bool:
+        """Keep an answer under `key`; False when another request kept one first."""
+        with self._tx(write=True) as conn:
+            result = conn.execute(
+                self._insert(IDEMPOTENCY).values(
+                    tenant_id=tenant_id, key=key, request_hash=request_hash, status=status,
+                    body=body, created_at=utcnow())
+                .on_conflict_do_nothing(index_elements=["tenant_id", "key"]))
+            return bool(result.rowcount)
+
+    # ── always on ──────────────────────────────────────────────────────────────────────────────
+
+    def stale_workflows(self, limit: int = 100) -> list[tuple[int, str, str]]:
+        """Waiting and completed workflows whose package has another active version than the one
+        they ran under, as (tenant id, workflow id, active version): what re-evaluation owes.
+        The store is the record of progress, so a restarted server finds what is left."""
+        w, p = WORKFLOWS, PACKAGES
+        with self._tx(write=False) as conn:
+            rows = conn.execute(
+                sa.select(w.c.tenant_id, w.c.id, p.c.active_version)
+                .join(p, sa.and_(p.c.tenant_id == w.c.tenant_id, p.c.package == w.c.package))
+                .where(w.c.status.in_(("waiting", "completed")), w.c.version != p.c.active_version)
+                .order_by(w.c.tenant_id, w.c.pk).limit(limit)).all()
+        return [(r.tenant_id, r.id, r.active_version) for r in rows]
+
+    def workflows_of(self, tenant_id: int, package: str, limit: int = 1000) -> list[str]:
+        """Ids of a package's waiting and completed workflows (for an impact preview)."""
+        w = WORKFLOWS
+        with self._tx(write=False) as conn:
+            rows = conn.execute(
+                sa.select(w.c.id).where(w.c.tenant_id == tenant_id, w.c.package == package,
+                                        w.c.status.in_(("waiting", "completed")))
+                .order_by(w.c.pk).limit(limit)).all()
+        return [r.id for r in rows]
 
     # ── bundles ────────────────────────────────────────────────────────────────────────────────
 
