@@ -14,7 +14,10 @@ Rules every route follows:
   whole or not at all, with the workflow row locked.
 """
 
+import hashlib
 import hmac
+import json
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
@@ -22,7 +25,8 @@ from typing import Annotated, Any
 import pluggy
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
+from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -31,6 +35,7 @@ from emirax.engine.program import EngineError, InputError, Workflow
 from emirax.engine.state import WorkflowState
 from emirax.engine.step import AddFacts, Limits, Reevaluate, Start, step
 from emirax.errors import EmiraxError
+from server.observe import AccessLog, Metrics
 from server.plugins import Principal, Spaces, server_plugins
 from server.reevaluate import Reevaluator
 from server.store import Conflict, NotFound, Store
@@ -98,22 +103,29 @@ def create_app(store: Store, *, admin_token: str, plugins: pluggy.PluginManager 
                   lifespan=lifespan)
     app.state.reevaluator = reevaluator
     _errors(app)
-    _body_limits(app)
 
-    def principal(request: Request) -> Principal:
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
+    def who(authorization: str) -> Principal | None:
+        """The principal of an Authorization header: plugins first, then the admin token, then
+        the tenants' tokens; None when it names nobody."""
+        scheme, _, token = authorization.partition(" ")
         if scheme.lower() != "bearer" or not token:
-            raise Problem(401, "Unauthorized", "send Authorization: Bearer <token>")
+            return None
         found = hooks.hook.emirax_authenticate(token=token)
         if found is not None:
             return found
         if hmac.compare_digest(token.encode(), admin_token.encode()):
             return Principal(None, "admin", admin=True)
         tenant = store.tenant_by_token(token)
-        if tenant is None:
+        return Principal(tenant.id, tenant.name) if tenant is not None else None
+
+    def principal(request: Request) -> Principal:
+        header = request.headers.get("authorization", "")
+        if not header.partition(" ")[2]:
+            raise Problem(401, "Unauthorized", "send Authorization: Bearer <token>")
+        found = who(header)
+        if found is None:
             raise Problem(401, "Unauthorized", "unknown token")
-        return Principal(tenant.id, tenant.name)
+        return found
 
     def admin(who: Annotated[Principal, Depends(principal)]) -> Principal:
         if not who.admin:
@@ -127,10 +139,20 @@ def create_app(store: Store, *, admin_token: str, plugins: pluggy.PluginManager 
 
     Tenant = Annotated[int, Depends(tenant)]
 
+    metrics = Metrics(store)
+    app.state.metrics = metrics
+    app.add_middleware(_Idempotency, store=store, who=who)
+    app.add_middleware(AccessLog, metrics=metrics)
+    app.add_middleware(_BodyLimit)  # added last: the outermost, so big bodies never get buffered
+
     @app.get("/healthz")
     def healthz() -> dict[str, str]:
         store.ping()
         return {"status": "ok"}
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    def prometheus() -> PlainTextResponse:
+        return PlainTextResponse(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     @app.post("/v1/tenants", status_code=201)
     def create_tenant(body: TenantIn, _: Annotated[Principal, Depends(admin)]) -> dict[str, Any]:
@@ -221,7 +243,9 @@ def create_app(store: Store, *, admin_token: str, plugins: pluggy.PluginManager 
             with store.start(tenant_id, wf.name, package, version, client_id=body.id,
                              priority=body.priority) as tx:
                 if tx.created:
+                    began = time.perf_counter()
                     tx.apply(step(wf, tx.state, Start(facts), limits=limits))
+                    metrics.step(tenant_id, time.perf_counter() - began)
                 workflow_id, created = tx.workflow.id, tx.created
         except InputError as exc:
             raise Problem(422, "Invalid facts", str(exc)) from None
@@ -250,8 +274,10 @@ def create_app(store: Store, *, admin_token: str, plugins: pluggy.PluginManager 
     @app.post("/v1/workflows/{workflow_id}/facts")
     def add_facts(workflow_id: str, body: FactsIn, tenant_id: Tenant) -> dict[str, Any]:
         facts = [{"type": f.type, "fields": f.fields} for f in body.facts]
+        began = time.perf_counter()
         _step(store, tenant_id, workflow_id,
               lambda w, st: step(w, st, AddFacts(facts), limits=limits), spaces)
+        metrics.step(tenant_id, time.perf_counter() - began)
         return _view(store, tenant_id, workflow_id)
 
     @app.get("/v1/workflows/{workflow_id}/trace")
@@ -306,10 +332,6 @@ def _errors(app: FastAPI) -> None:
         return _problem(422, "Invalid request", detail)
 
 
-def _body_limits(app: FastAPI) -> None:
-    app.add_middleware(_BodyLimit)
-
-
 class _BodyLimit:
     """Refuse a body past its limit while it is read (413), whatever Content-Length says: the
     receive channel raises Problem(413), which the exception handler turns into the response."""
@@ -338,3 +360,84 @@ class _BodyLimit:
             return message
 
         await self.app(scope, limited, send)
+
+
+class _Idempotency:
+    """`Idempotency-Key` on every POST: the first 2xx answer under a key is kept (per tenant;
+    the admin's under 0) and a replay gets it again, with `Idempotent-Replayed: true`; the same
+    key with another request (path or body) is refused with 422. Errors are not kept, so a
+    retry after one runs again. Two requests racing with one key both run; the first to finish
+    is the answer kept."""
+
+    def __init__(self, app: Any, store: Store, who: Callable[[str], Principal | None]) -> None:
+        self.app, self.store, self.who = app, store, who
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        headers = dict(scope.get("headers") or ())
+        key = headers.get(b"idempotency-key")
+        if scope["type"] != "http" or scope["method"] != "POST" or not key:
+            await self.app(scope, receive, send)
+            return
+        principal = self.who(headers.get(b"authorization", b"").decode("latin-1"))
+        if principal is None:  # the route answers 401
+            await self.app(scope, receive, send)
+            return
+        owner = principal.tenant_id or 0
+        try:
+            body = await _read_body(receive)
+        except Problem as exc:
+            await _problem(exc.status, exc.title, exc.detail)(scope, receive, send)
+            return
+        digest = hashlib.sha256(scope["path"].encode() + b"\0" + body).hexdigest()
+        name = key.decode("latin-1")[:255]
+        kept = self.store.recall(owner, name)
+        if kept is not None:
+            if kept[0] != digest:
+                response = _problem(422, "Idempotency key reused",
+                                    "this Idempotency-Key was used for another request")
+            else:
+                response = JSONResponse(kept[2], status_code=kept[1],
+                                        headers={"Idempotent-Replayed": "true"})
+            await response(scope, receive, send)
+            return
+        await self._run(scope, body, send, owner, name, digest)
+
+    async def _run(self, scope: dict[str, Any], body: bytes, send: Any, owner: int, name: str,
+                   digest: str) -> None:
+        sent = False
+        status, chunks = 0, []
+
+        async def replay() -> dict[str, Any]:
+            nonlocal sent
+            if sent:
+                return {"type": "http.disconnect"}
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        async def capture(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            elif message["type"] == "http.response.body":
+                chunks.append(message.get("body", b""))
+            await send(message)
+
+        await self.app(scope, replay, capture)
+        if 200 <= status < 300:
+            try:
+                doc = json.loads(b"".join(chunks))
+            except ValueError:
+                return
+            self.store.remember(owner, name, digest, status, doc)
+
+
+async def _read_body(receive: Any) -> bytes:
+    body = bytearray()
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            break
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            break
+    return bytes(body)

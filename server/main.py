@@ -10,6 +10,7 @@ The database is `db`, else `EMIRAX_DATABASE_URL`, else the embedded default: a S
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import sys
@@ -51,8 +52,12 @@ def serve(host: str = "127.0.0.1", port: int = 8080, db: str | None = None) -> N
     import uvicorn
 
     from server.app import create_app
+    from server.observe import JsonFormatter
     from server.store import Store
 
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonFormatter())
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
     url = database_url(db)
     store = Store.open(url)
     store.upgrade()

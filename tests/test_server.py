@@ -304,3 +304,40 @@ def test_activating_a_version_re_evaluates_existing_workflows(
         _wait(lambda: c.get("/v1/workflows/done").json()["version"] == "1.0.0")
         events = [e["event"] for e in c.get("/v1/workflows/done/trace").json()["events"]]
         assert [e["rule"] for e in events if e["event"] == "fire"] == ["count", "ship", "audit"]
+
+
+def test_idempotency_keys_replay_the_first_answer(server: Server, orders_v1: bytes) -> None:
+    token = _fresh_tenant(server)
+    with server.client(token) as c:
+        c.post("/v1/bundles", content=orders_v1)
+        start = {"workflow": "demo.orders.Order", "facts": []}  # no id: each start is new...
+        first = c.post("/v1/workflows", json=start, headers={"Idempotency-Key": "k1"})
+        again = c.post("/v1/workflows", json=start, headers={"Idempotency-Key": "k1"})
+        assert first.status_code == 201 and again.status_code == 201
+        assert again.json() == first.json() and again.headers["idempotent-replayed"] == "true"
+        assert len(c.get("/v1/workflows").json()["workflows"]) == 1  # ...but not under one key
+        other = c.post("/v1/workflows", json={**start, "priority": 5}, headers={"Idempotency-Key": "k1"})
+        _problem(other, 422)
+        wid = first.json()["id"]
+        add = {"facts": [{"type": "Item", "fields": {"sku": "z", "qty": 1}}]}
+        one = c.post(f"/v1/workflows/{wid}/facts", json=add, headers={"Idempotency-Key": "k2"})
+        two = c.post(f"/v1/workflows/{wid}/facts", json=add, headers={"Idempotency-Key": "k2"})
+        assert one.json() == two.json()
+        events = c.get(f"/v1/workflows/{wid}/trace").json()["events"]
+        assert sum(e["event"]["event"] == "facts" for e in events) == 1  # applied once
+    other_tenant = _fresh_tenant(server)
+    with server.client(other_tenant) as o:  # keys are per tenant: k1 is free here
+        o.post("/v1/bundles", content=orders_v1)
+        assert o.post("/v1/workflows", json=start, headers={"Idempotency-Key": "k1"}).status_code == 201
+
+
+def test_metrics_count_requests_and_steps(server: Server, orders_v1: bytes) -> None:
+    token = _fresh_tenant(server)
+    with server.client(token) as c:
+        c.post("/v1/bundles", content=orders_v1)
+        c.post("/v1/workflows", json={"workflow": "demo.orders.Order", "facts": []})
+    text = server.client(None).get("/metrics").text
+    assert 'emirax_requests_total{method="POST",route="/v1/workflows",status="201"}' in text
+    assert "emirax_steps_total{" in text and "emirax_step_seconds_bucket" in text
+    assert "emirax_queue_depth" in text
+    assert "/v1/workflows/" not in text.replace("/v1/workflows/{workflow_id}", "")  # templates only

@@ -129,16 +129,23 @@ def create_tenant(
 def upload(
     bundle: Annotated[Path, typer.Argument(help="A compiled .emxb file.")],
     activate: Annotated[bool, typer.Option("--activate", help="Make this version active.")] = False,
+    preview: Annotated[bool, typer.Option("--preview", help="Show which workflows this version would change (a dry run), without activating.")] = False,
     server: Server = DEFAULT_SERVER,
     token: Token = "",
     as_json: JsonOption = False,
 ) -> None:
     """Upload a bundle (the same digest again is a no-op)."""
+    if activate and preview:
+        fail("--preview shows what activating would do: use it without --activate")
     try:
         data = bundle.read_bytes()
     except OSError as exc:
         fail(f"cannot read {bundle}: {exc.strerror or exc}")
     doc = call("POST", server, token, "/v1/bundles", content=data)
+    if preview:
+        _preview(call("POST", server, token,
+                      f"/v1/bundles/{doc['package']}/versions/{doc['version']}/preview"), as_json)
+        return
     if activate and not doc["active"]:
         call("POST", server, token, f"/v1/bundles/{doc['package']}/versions/{doc['version']}/activate")
         doc["active"] = True
@@ -147,6 +154,19 @@ def upload(
         return
     print_summary(f"bundle {doc['package']} {doc['version']} {doc['outcome']}", [
         ("digest", doc["digest"]), ("active", "yes" if doc["active"] else "no")])
+
+
+def _preview(doc: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print_json(doc)
+        return
+    out.print(f"{doc['package']} {doc['version']}: {len(doc['changed'])} of {doc['examined']} "
+              "waiting or completed workflows would change", markup=False)
+    table = Table("workflow", "rules that would fire", "calls", "facts +/~/-", "status after")
+    for w in doc["changed"]:
+        table.add_row(w["id"], ", ".join(w["fired"]) or "-", ", ".join(w["invocations"]) or "-",
+                      f"{w['inserted']}/{w['modified']}/{w['retracted']}", w["status"])
+    out.print(table)
 
 
 @workflows.command("start")

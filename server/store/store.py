@@ -341,6 +341,14 @@ class Store:
                 .order_by(w.c.tenant_id, w.c.pk).limit(limit)).all()
         return [(r.tenant_id, r.id, r.active_version) for r in rows]
 
+    def queue_depths(self) -> dict[int, int]:
+        """Invocations queued per tenant (the /metrics gauge)."""
+        i = INVOCATIONS
+        with self._tx(write=False) as conn:
+            rows = conn.execute(sa.select(i.c.tenant_id, sa.func.count())
+                                .where(i.c.status == "queued").group_by(i.c.tenant_id)).all()
+        return {int(t): int(n) for t, n in rows}
+
     def workflows_of(self, tenant_id: int, package: str, limit: int = 1000) -> list[str]:
         """Ids of a package's waiting and completed workflows (for an impact preview)."""
         w = WORKFLOWS
