@@ -111,3 +111,24 @@ def test_workload_checkers_catch_a_wrong_end_state(workload: str) -> None:
     victim["fields"][key] = victim["fields"][key] + (1 if isinstance(victim["fields"][key], int) else "x")
     with pytest.raises(AssertionError):
         check(wrong)
+
+
+def test_server_benchmark_prints_its_table_on_sqlite(tmp_path: Path) -> None:
+    """bench/server.py end to end on the embedded SQLite: a real `emirax serve`, one client,
+    about a second; every answer checked by the script itself (a wrong one exits 1)."""
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "server.py"), "--sqlite", "--clients", "1", "--seconds", "1",
+         "--warmup", "0.3"],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert "single worker" in out and "no pgbench ratio" in out, out
+    assert re.search(r"^clients +steps/s +workflows/s +start p50 +start p99 +add p50 +add p99 "
+                     r"+pgbench tps +ratio", out, re.M), out
+    found = re.search(r"^ +1 +(\d[\d,]*) +(\d[\d,]*) +(\d+\.\d)( +\d+\.\d){3} +- +- ", out, re.M)
+    assert found, out
+    steps, workflows = (int(found.group(i).replace(",", "")) for i in (1, 2))
+    assert steps > 0 and workflows > 0, out
+    assert "ERRORS" not in out, out
+    assert re.search(r"^add-facts p99 at 4 clients: not measured", out, re.M), out
