@@ -43,6 +43,7 @@ from server.store import Conflict, NotFound, Store
 __all__ = ["Problem", "create_app"]
 
 MAX_JSON_BYTES = 1 << 20
+STATUSES = ("running", "waiting", "completed", "failed")
 PROBLEM = "application/problem+json"
 
 
@@ -258,6 +259,8 @@ def create_app(store: Store, *, admin_token: str, plugins: pluggy.PluginManager 
                        after: str | None = None, limit: int = 50) -> dict[str, Any]:
         if not 1 <= limit <= 500:
             raise Problem(422, "Invalid limit", "limit is 1 to 500")
+        if status is not None and status not in STATUSES:
+            raise Problem(422, "Invalid status", f"status is one of {', '.join(STATUSES)}")
         rows, cursor = store.list_workflows(tenant_id, name=workflow, status=status, after=after,
                                             limit=limit)
         listed = []

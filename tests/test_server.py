@@ -341,3 +341,11 @@ def test_metrics_count_requests_and_steps(server: Server, orders_v1: bytes) -> N
     assert "emirax_steps_total{" in text and "emirax_step_seconds_bucket" in text
     assert "emirax_queue_depth" in text
     assert "/v1/workflows/" not in text.replace("/v1/workflows/{workflow_id}", "")  # templates only
+
+
+def test_list_filters_are_checked(server: Server) -> None:
+    token = _fresh_tenant(server)
+    with server.client(token) as c:
+        _problem(c.get("/v1/workflows", params={"status": "nope"}), 422)
+        _problem(c.get("/v1/workflows", params={"limit": 0}), 422)
+        assert c.get("/v1/workflows", params={"status": "failed"}).json() == {"workflows": [], "next": None}

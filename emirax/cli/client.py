@@ -22,7 +22,7 @@ from typing import Annotated, Any
 
 import httpx
 import typer
-from rich.table import Table
+from rich.table import Column, Table
 
 from emirax.cli.output import fail, out, print_json, print_summary
 
@@ -74,10 +74,11 @@ def db_upgrade(
 # ── HTTP ───────────────────────────────────────────────────────────────────────────────────────
 
 
-def call(method: str, server: str, token: str, path: str, **kwargs: Any) -> Any:
+def call(method: str, server: str, token: str, path: str, *, token_env: str = "EMIRAX_TOKEN",
+         **kwargs: Any) -> Any:
     """One request; a problem answer or a connection error exits 1 with one line."""
     if not token:
-        fail("no token: pass --token or set EMIRAX_TOKEN")
+        fail(f"no token: pass --token or set {token_env}")
     try:
         with httpx.Client(base_url=server or DEFAULT_SERVER, timeout=30.0) as client:
             reply = client.request(method, path, headers={"Authorization": f"Bearer {token}"},
@@ -119,7 +120,8 @@ def create_tenant(
     as_json: JsonOption = False,
 ) -> None:
     """Create a tenant; prints its token (shown once)."""
-    doc = call("POST", server, token, "/v1/tenants", json={"name": name})
+    doc = call("POST", server, token, "/v1/tenants", json={"name": name},
+               token_env="EMIRAX_ADMIN_TOKEN")
     if as_json:
         print_json(doc)
     else:
@@ -203,7 +205,10 @@ def list_(
     if as_json:
         print_json(doc)
         return
-    table = Table("id", "workflow", "status", "version", "updated")
+    # Ids are what people copy into `workflows get`: never shortened, whatever the width.
+    longest = max((len(row["id"]) for row in doc["workflows"]), default=2)
+    table = Table(Column("id", no_wrap=True, min_width=longest), Column("workflow", overflow="fold"),
+                  "status", "version", "updated")
     for row in doc["workflows"]:
         table.add_row(row["id"], row["workflow"], row["status"], row.get("version") or "",
                       str(row.get("updated_at", "")))
