@@ -96,6 +96,7 @@ def create_app(store: Store, *, admin_token: str, plugins: pluggy.PluginManager 
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        hooks.hook.emirax_startup(settings={"limits": limits})
         reevaluator.start()  # also resumes re-evaluations a stopped server left owed
         yield
         reevaluator.stop()
@@ -104,6 +105,12 @@ def create_app(store: Store, *, admin_token: str, plugins: pluggy.PluginManager 
                   lifespan=lifespan)
     app.state.reevaluator = reevaluator
     _errors(app)
+
+    def dispatch(tenant_id: int, delta: Any) -> None:
+        """After the commit: tell the dispatch plugins what the step queued."""
+        if delta is not None and delta.invocations:
+            hooks.hook.emirax_dispatch(tenant_id=tenant_id,
+                                       invocations=[i.to_json() for i in delta.invocations])
 
     def who(authorization: str) -> Principal | None:
         """The principal of an Authorization header: plugins first, then the admin token, then
@@ -243,15 +250,18 @@ def create_app(store: Store, *, admin_token: str, plugins: pluggy.PluginManager 
         try:  # the workflow row and its first step: one transaction
             with store.start(tenant_id, wf.name, package, version, client_id=body.id,
                              priority=body.priority) as tx:
+                delta = None
                 if tx.created:
                     began = time.perf_counter()
-                    tx.apply(step(wf, tx.state, Start(facts), limits=limits))
+                    delta = step(wf, tx.state, Start(facts), limits=limits)
+                    tx.apply(delta)
                     metrics.step(tenant_id, time.perf_counter() - began)
                 workflow_id, created = tx.workflow.id, tx.created
         except InputError as exc:
             raise Problem(422, "Invalid facts", str(exc)) from None
         except Conflict as exc:
             raise Problem(409, "Conflict", str(exc)) from None
+        dispatch(tenant_id, delta)
         return JSONResponse(_view(store, tenant_id, workflow_id), status_code=201 if created else 200)
 
     @app.get("/v1/workflows")
@@ -278,9 +288,10 @@ def create_app(store: Store, *, admin_token: str, plugins: pluggy.PluginManager 
     def add_facts(workflow_id: str, body: FactsIn, tenant_id: Tenant) -> dict[str, Any]:
         facts = [{"type": f.type, "fields": f.fields} for f in body.facts]
         began = time.perf_counter()
-        _step(store, tenant_id, workflow_id,
-              lambda w, st: step(w, st, AddFacts(facts), limits=limits), spaces)
+        delta = _step(store, tenant_id, workflow_id,
+                      lambda w, st: step(w, st, AddFacts(facts), limits=limits), spaces)
         metrics.step(tenant_id, time.perf_counter() - began)
+        dispatch(tenant_id, delta)
         return _view(store, tenant_id, workflow_id)
 
     @app.get("/v1/workflows/{workflow_id}/trace")
@@ -294,21 +305,23 @@ def create_app(store: Store, *, admin_token: str, plugins: pluggy.PluginManager 
 
 
 def _step(store: Store, tenant_id: int, workflow_id: str,
-          run: Callable[[Workflow, Any], Any], spaces: Spaces) -> None:
-    """One evaluation step in one transaction, the workflow row locked."""
+          run: Callable[[Workflow, Any], Any], spaces: Spaces) -> Any:
+    """One evaluation step in one transaction, the workflow row locked; returns its delta."""
     try:
         with store.step(tenant_id, workflow_id) as tx:
             state = tx.state
             wf = spaces.workflow(tenant_id, state.workflow, tx.version)
             if wf is None:
                 raise Problem(409, "Conflict", f"the bundle of {workflow_id} is not available")
-            tx.apply(run(wf, state))
+            delta = run(wf, state)
+            tx.apply(delta)
     except NotFound:
         raise Problem(404, "Not Found", f"no workflow {workflow_id}") from None
     except InputError as exc:
         raise Problem(422, "Invalid facts", str(exc)) from None
     except EngineError as exc:
         raise Problem(409, "Conflict", str(exc)) from None
+    return delta
 
 
 def _view(store: Store, tenant_id: int, workflow_id: str) -> dict[str, Any]:

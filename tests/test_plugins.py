@@ -117,3 +117,40 @@ def test_extra_plugins_and_firstresult_order() -> None:
     pm = server_plugins([Admin(), Deny()], entry_points=False)
     assert pm.hook.emirax_authenticate(token="root") == Principal(None, "admin", admin=True)
     assert pm.hook.emirax_authenticate(token="x") is None
+
+
+def test_the_app_calls_the_dispatch_and_startup_hooks(tmp_path: Path) -> None:
+    """A server plugin hears about invocations after the step that queued them commits."""
+    from fastapi.testclient import TestClient
+
+    from emirax.bundle import build_bundle
+    from server.app import create_app
+    from server.store import Store
+
+    heard: list[tuple[str, object]] = []
+
+    class Listener:
+        @hookimpl
+        def emirax_dispatch(self, tenant_id: int, invocations: list) -> None:
+            heard.append(("dispatch", [(i["name"], i["args"]) for i in invocations]))
+
+        @hookimpl
+        def emirax_startup(self, settings: object) -> None:
+            heard.append(("startup", None))
+
+    store = Store.open(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    store.upgrade()
+    app = create_app(store, admin_token="root", plugins=server_plugins([Listener()], entry_points=False))
+    result = pipeline.build(TENANT, cache_dir=False)
+    assert result.ir is not None
+    with TestClient(app) as client:
+        token = client.post("/v1/tenants", json={"name": "acme"},
+                            headers={"Authorization": "Bearer root"}).json()["token"]
+        auth = {"Authorization": f"Bearer {token}"}
+        client.post("/v1/bundles", content=build_bundle(result.ir, version="1.0.0", sources={}),
+                    headers=auth)
+        r = client.post("/v1/workflows", headers=auth, json={"workflow": VIDEO, "facts": [
+            {"type": "Request", "fields": {"source": "s3://v", "recipe": "h264", "chunks": 2}}]})
+        assert r.status_code == 201, r.text
+    assert heard[0] == ("startup", None)
+    assert heard[1] == ("dispatch", [("split", ["s3://v", 2]), ("media.encode.Thumbnail", [])])
