@@ -44,6 +44,7 @@ __all__ = ["Problem", "create_app"]
 
 MAX_JSON_BYTES = 1 << 20
 STATUSES = ("running", "waiting", "completed", "failed")
+ACTIVE_TTL = 1.0  # seconds a server trusts the active version it read
 PROBLEM = "application/problem+json"
 
 
@@ -106,6 +107,21 @@ def create_app(store: Store, *, admin_token: str, plugins: pluggy.PluginManager 
     app.state.reevaluator = reevaluator
     _errors(app)
 
+    tokens: dict[str, Principal] = {}
+    active: dict[tuple[int, str], tuple[float, str | None]] = {}
+
+    def active_version(tenant_id: int, package: str) -> str | None:
+        """The package's active version, read from the store at most once a second: another
+        server's activation is seen within a second (and re-evaluation moves any workflow
+        started meanwhile to it: always on)."""
+        now = time.monotonic()
+        cached = active.get((tenant_id, package))
+        if cached is not None and now - cached[0] < ACTIVE_TTL:
+            return cached[1]
+        version = store.active_version(tenant_id, package)
+        active[(tenant_id, package)] = (now, version)
+        return version
+
     def dispatch(tenant_id: int, delta: Any) -> None:
         """After the commit: tell the dispatch plugins what the step queued."""
         if delta is not None and delta.invocations:
@@ -123,8 +139,13 @@ def create_app(store: Store, *, admin_token: str, plugins: pluggy.PluginManager 
             return found
         if hmac.compare_digest(token.encode(), admin_token.encode()):
             return Principal(None, "admin", admin=True)
-        tenant = store.tenant_by_token(token)
-        return Principal(tenant.id, tenant.name) if tenant is not None else None
+        known = tokens.get(token)  # a token never changes owner: remembered once seen
+        if known is None:
+            tenant = store.tenant_by_token(token)
+            if tenant is None:
+                return None
+            known = tokens[token] = Principal(tenant.id, tenant.name)
+        return known
 
     def principal(request: Request) -> Principal:
         header = request.headers.get("authorization", "")
@@ -205,6 +226,7 @@ def create_app(store: Store, *, admin_token: str, plugins: pluggy.PluginManager 
             store.activate(tenant_id, package, version)
         except NotFound:
             raise Problem(404, "Not Found", f"no bundle {package} {version}") from None
+        active.pop((tenant_id, package), None)
         reevaluator.kick()  # always on: waiting and completed workflows, in the background
         return {"package": package, "active": version}
 
@@ -237,7 +259,7 @@ def create_app(store: Store, *, admin_token: str, plugins: pluggy.PluginManager 
     @app.post("/v1/workflows")
     def start(body: StartIn, tenant_id: Tenant) -> JSONResponse:
         package = body.workflow.rpartition(".")[0]
-        version = store.active_version(tenant_id, package) if package else None
+        version = active_version(tenant_id, package) if package else None
         wf = spaces.workflow(tenant_id, body.workflow, version) if version else None
         if wf is None:
             raise Problem(404, "Not Found", f"no workflow {body.workflow} in an active bundle")
@@ -256,13 +278,13 @@ def create_app(store: Store, *, admin_token: str, plugins: pluggy.PluginManager 
                     delta = step(wf, tx.state, Start(facts), limits=limits)
                     tx.apply(delta)
                     metrics.step(tenant_id, time.perf_counter() - began)
-                workflow_id, created = tx.workflow.id, tx.created
+                view, created = tx.view(), tx.created
         except InputError as exc:
             raise Problem(422, "Invalid facts", str(exc)) from None
         except Conflict as exc:
             raise Problem(409, "Conflict", str(exc)) from None
         dispatch(tenant_id, delta)
-        return JSONResponse(_view(store, tenant_id, workflow_id), status_code=201 if created else 200)
+        return JSONResponse(view, status_code=201 if created else 200)
 
     @app.get("/v1/workflows")
     def list_workflows(tenant_id: Tenant, workflow: str | None = None, status: str | None = None,
@@ -288,11 +310,11 @@ def create_app(store: Store, *, admin_token: str, plugins: pluggy.PluginManager 
     def add_facts(workflow_id: str, body: FactsIn, tenant_id: Tenant) -> dict[str, Any]:
         facts = [{"type": f.type, "fields": f.fields} for f in body.facts]
         began = time.perf_counter()
-        delta = _step(store, tenant_id, workflow_id,
-                      lambda w, st: step(w, st, AddFacts(facts), limits=limits), spaces)
+        delta, view = _step(store, tenant_id, workflow_id,
+                            lambda w, st: step(w, st, AddFacts(facts), limits=limits), spaces)
         metrics.step(tenant_id, time.perf_counter() - began)
         dispatch(tenant_id, delta)
-        return _view(store, tenant_id, workflow_id)
+        return view
 
     @app.get("/v1/workflows/{workflow_id}/trace")
     def trace(workflow_id: str, tenant_id: Tenant, after: int = 0, limit: int = 500) -> dict[str, Any]:
@@ -305,8 +327,9 @@ def create_app(store: Store, *, admin_token: str, plugins: pluggy.PluginManager 
 
 
 def _step(store: Store, tenant_id: int, workflow_id: str,
-          run: Callable[[Workflow, Any], Any], spaces: Spaces) -> Any:
-    """One evaluation step in one transaction, the workflow row locked; returns its delta."""
+          run: Callable[[Workflow, Any], Any], spaces: Spaces) -> tuple[Any, dict[str, Any]]:
+    """One evaluation step in one transaction, the workflow row locked; returns its delta and
+    the workflow's view after it (read in the same transaction)."""
     try:
         with store.step(tenant_id, workflow_id) as tx:
             state = tx.state
@@ -315,13 +338,14 @@ def _step(store: Store, tenant_id: int, workflow_id: str,
                 raise Problem(409, "Conflict", f"the bundle of {workflow_id} is not available")
             delta = run(wf, state)
             tx.apply(delta)
+            view = tx.view()
     except NotFound:
         raise Problem(404, "Not Found", f"no workflow {workflow_id}") from None
     except InputError as exc:
         raise Problem(422, "Invalid facts", str(exc)) from None
     except EngineError as exc:
         raise Problem(409, "Conflict", str(exc)) from None
-    return delta
+    return delta, view
 
 
 def _view(store: Store, tenant_id: int, workflow_id: str) -> dict[str, Any]:

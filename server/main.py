@@ -59,7 +59,7 @@ def serve(host: str = "127.0.0.1", port: int = 8080, db: str | None = None) -> N
     handler.setFormatter(JsonFormatter())
     logging.basicConfig(level=logging.INFO, handlers=[handler])
     url = database_url(db)
-    store = Store.open(url)
+    store = Store.open(url, state_cache=10_000)  # checked against the row's revision per step
     store.upgrade()
     token, where = admin_token()
     shown = url if "@" not in url else url.split("@")[-1]

@@ -225,6 +225,7 @@ class Store:
         self.engine = engine
         self.dialect = engine.dialect.name
         self._cache = _StateCache(state_cache)
+        self._sqlite_writer = threading.RLock()
 
     @classmethod
     def open(cls, url: str, *, state_cache: int = 0, busy_timeout: float = 30.0,
@@ -244,7 +245,10 @@ class Store:
                                       **json_options, **engine_options)
             _sqlite_setup(engine, busy_timeout)
         elif backend == "postgresql":
-            engine = sa.create_engine(parsed, pool_pre_ping=True, **json_options, **engine_options)
+            # No pre-ping: it costs a round trip per transaction; a connection that died with a
+            # database restart fails its request once and is replaced (pool invalidation).
+            engine = sa.create_engine(parsed, pool_size=20, max_overflow=20, **json_options,
+                                      **engine_options)
         else:
             raise ValueError(f"unsupported database {backend!r}: use sqlite or postgresql+psycopg")
         return cls(engine, state_cache=state_cache)
@@ -274,10 +278,17 @@ class Store:
         that writes later can fail at once with SQLITE_BUSY instead of waiting). A `snapshot`
         read is REPEATABLE READ on PostgreSQL, so its several SELECTs see one committed state
         (a SQLite read transaction is a snapshot already)."""
-        with self.engine.connect() as conn:
-            if write and self.dialect == "sqlite":
+        if write and self.dialect == "sqlite":
+            # Writers of this process queue on a lock instead of on SQLite's busy handler, whose
+            # backoff (up to 100 ms a try) made the tail latency; other processes still meet
+            # BEGIN IMMEDIATE.
+            with self._sqlite_writer, self.engine.connect() as conn:
                 conn.execution_options(emirax_immediate=True)
-            elif snapshot and self.dialect == "postgresql":
+                with conn.begin():
+                    yield conn
+            return
+        with self.engine.connect() as conn:
+            if snapshot and self.dialect == "postgresql":
                 conn.execution_options(isolation_level="REPEATABLE READ")
             with conn.begin():
                 yield conn
@@ -609,6 +620,15 @@ class StepHandle:
     def version(self) -> str:
         """The bundle version the workflow runs under (the one to step it with)."""
         return str(self._row["version"])
+
+    def view(self) -> dict[str, Any]:
+        """What `Store.describe` gives, from this transaction: the facts from the state in
+        memory, the queued invocations read here (no second transaction)."""
+        doc = self.workflow.to_json()
+        doc["workflow"] = doc.pop("name")
+        doc["facts"] = self.state.fact_list()
+        doc["pending"] = [i.to_json() for i in _queued(self._conn, self._pk)]
+        return doc
 
     @property
     def workflow(self) -> WorkflowInfo:
