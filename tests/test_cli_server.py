@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import socket
 import sqlite3
 import stat
 import subprocess
@@ -27,6 +26,8 @@ from typing import Any
 
 import httpx
 import pytest
+
+from serverkit import free_port
 
 TIMEOUT = 60
 WORKFLOW = "demo.orders.Order"
@@ -83,10 +84,6 @@ def _base_env(home: Path) -> dict[str, str]:
     return env
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -115,7 +112,7 @@ class Served:
 
 
 def start_server(home: Path, *args: str, env: dict[str, str] | None = None) -> Served:
-    port = _free_port()
+    port = free_port()
     log = home / f"serve-{port}.log"
     with log.open("wb") as sink:  # a file, not a pipe nobody drains
         proc = subprocess.Popen(
@@ -542,7 +539,7 @@ def test_workflow_errors_are_one_line(served: Served, acme: str, tmp_path: Path)
     one_error(served.emirax("workflows", "list"), "no token")
     one_error(served.emirax("workflows", "get", wid, "--token", "not-a-token"), "401")
     one_error(served.emirax("workflows", "list", "--token", served.admin), "403")
-    dead = f"http://127.0.0.1:{_free_port()}"
+    dead = f"http://127.0.0.1:{free_port()}"
     one_error(served.emirax("workflows", "list", "--server", dead, "--token", acme),
               "cannot reach", dead)
     one_error(served.emirax("upload", str(facts), "--token", acme,

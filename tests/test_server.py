@@ -8,13 +8,10 @@ status codes, problem+json, the tenant coming from the token, another tenant's d
 
 from __future__ import annotations
 
-import os
 import secrets
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 
 import httpx
@@ -22,6 +19,7 @@ import pytest
 
 from emirax import pipeline
 from emirax.bundle import build_bundle
+from serverkit import ServerProcess, fresh_database
 
 ADMIN = "admin-" + secrets.token_hex(8)
 ORDERS = """\
@@ -53,12 +51,6 @@ workflow Order {
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _bundle(tmp: Path, source: str, version: str) -> bytes:
     path = tmp / f"orders-{version}.emx"
     path.write_text(source, encoding="utf-8")
@@ -67,64 +59,22 @@ def _bundle(tmp: Path, source: str, version: str) -> bytes:
     return build_bundle(result.ir, version=version, sources={})
 
 
-class Server:
+class Server(ServerProcess):
     def __init__(self, url: str, home: Path) -> None:
-        self.port = _free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "EMIRAX_HOME": str(home), "EMIRAX_ADMIN_TOKEN": ADMIN}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "emirax", "serve", "--port", str(self.port), "--db", url],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited: {self.proc.stderr.read()}")  # type: ignore[union-attr]
-            try:
-                if httpx.get(f"{self.base}/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        raise RuntimeError("server did not start")
-
-    def client(self, token: str | None) -> httpx.Client:
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        return httpx.Client(base_url=self.base, headers=headers, timeout=30)
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=10)
+        super().__init__(url, home, admin_token=ADMIN)
 
 
 @pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     home = tmp_path_factory.mktemp("home")
-    if request.param == "sqlite":
-        url, cleanup = f"sqlite:///{home / 'emirax.db'}", None
-    else:
-        url, cleanup = _fresh_postgres(request.getfixturevalue("postgres_url"))
-    srv = Server(url, home)
-    yield srv
-    srv.stop()
-    if cleanup:
-        cleanup()
-
-
-def _fresh_postgres(base_url: str) -> tuple[str, object]:
-    import psycopg
-
-    from conftest import libpq_dsn
-
-    name = "emirax_server_" + secrets.token_hex(4)
-    admin_dsn = libpq_dsn(base_url)
-    with psycopg.connect(admin_dsn, autocommit=True) as conn:
-        conn.execute(f"create database {name}")
-    url = base_url.rsplit("/", 1)[0] + "/" + name
-
-    def drop() -> None:
-        with psycopg.connect(admin_dsn, autocommit=True) as conn:
-            conn.execute(f"drop database if exists {name} with (force)")
-
-    return url, drop
+    with ExitStack() as stack:
+        if request.param == "sqlite":
+            url = f"sqlite:///{home / 'emirax.db'}"
+        else:
+            url = stack.enter_context(fresh_database(request.getfixturevalue("postgres_url")))
+        srv = Server(url, home)
+        stack.callback(srv.stop)
+        yield srv
 
 
 @pytest.fixture(scope="module")

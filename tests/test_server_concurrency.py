@@ -17,12 +17,7 @@ the HTTP API of both servers and, for ids and revisions, in the database's own r
 from __future__ import annotations
 
 import collections
-import os
 import secrets
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -37,6 +32,7 @@ import pytest
 from conftest import libpq_dsn
 from emirax import pipeline
 from emirax.bundle import build_bundle
+from serverkit import ServerProcess, fresh_database
 
 pytestmark = pytest.mark.postgres
 
@@ -66,69 +62,18 @@ workflow Tally {
 WORKFLOWS, FACTS, THREADS = 4, 100, 8
 
 
-# ── servers (as tests/test_server.py starts them; small helpers copied, not imported) ─────────
+# ── servers ────────────────────────────────────────────────────────────────────────────────────
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """`emirax serve` in a subprocess on `url`; its output goes to a file, not an undrained pipe."""
-
+class Server(ServerProcess):
     def __init__(self, url: str, home: Path) -> None:
-        self.port = _free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.log = home / f"serve-{self.port}.log"
-        env = {**os.environ, "EMIRAX_HOME": str(home), "EMIRAX_ADMIN_TOKEN": ADMIN}
-        with self.log.open("wb") as sink:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "emirax", "serve", "--port", str(self.port), "--db", url],
-                env=env, stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited: {self.log.read_text()}")
-            try:
-                if httpx.get(f"{self.base}/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"server did not start: {self.log.read_text()}")
-
-    def client(self, token: str) -> httpx.Client:
-        return httpx.Client(base_url=self.base, headers={"Authorization": f"Bearer {token}"},
-                            timeout=60)
-
-    def kill(self) -> None:
-        """SIGKILL: no shutdown, no rollback by the process; the database must cope."""
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=10)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
+        super().__init__(url, home, admin_token=ADMIN)
 
 @pytest.fixture(scope="module")
 def database(postgres_url: str) -> Iterator[str]:
     """A fresh PostgreSQL database for this module, dropped at the end."""
-    name = "emirax_conc_" + secrets.token_hex(4)
-    admin_dsn = libpq_dsn(postgres_url)
-    with psycopg.connect(admin_dsn, autocommit=True) as conn:
-        conn.execute(f"create database {name}")
-    try:
-        yield postgres_url.rsplit("/", 1)[0] + "/" + name
-    finally:
-        with psycopg.connect(admin_dsn, autocommit=True) as conn:
-            conn.execute(f"drop database if exists {name} with (force)")
+    with fresh_database(postgres_url, prefix="emirax_conc_") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,94 @@
+"""Running the real server in tests: `emirax serve` in a subprocess, and fresh PostgreSQL databases.
+
+    with fresh_database(postgres_url) as url: ...
+    srv = ServerProcess(url, home, admin_token="...")   # waits for /healthz
+    srv.client(token) -> httpx.Client;  srv.stop();  srv.kill()  (SIGKILL)
+
+The server's output goes to a file in `home` (an undrained pipe would block a chatty server).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import psycopg
+
+from conftest import libpq_dsn
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def fresh_database(postgres_url: str, prefix: str = "emirax_t_") -> Iterator[str]:
+    """A new PostgreSQL database next to `postgres_url`, dropped afterwards."""
+    name = prefix + secrets.token_hex(4)
+    admin_dsn = libpq_dsn(postgres_url)
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        conn.execute(f"create database {name}")
+    try:
+        yield postgres_url.rsplit("/", 1)[0] + "/" + name
+    finally:
+        with psycopg.connect(admin_dsn, autocommit=True) as conn:
+            conn.execute(f"drop database if exists {name} with (force)")
+
+
+class ServerProcess:
+    """`emirax serve --db url` with EMIRAX_HOME=home; `admin_token` None leaves the server to
+    make its own (in home/admin-token)."""
+
+    def __init__(self, url: str, home: Path, admin_token: str | None = None,
+                 env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.home = home
+        self.log = home / f"serve-{self.port}.log"
+        full = {**os.environ, "EMIRAX_HOME": str(home), **(env or {})}
+        full.pop("EMIRAX_ADMIN_TOKEN", None)
+        if admin_token is not None:
+            full["EMIRAX_ADMIN_TOKEN"] = admin_token
+        with self.log.open("wb") as sink:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "emirax", "serve", "--port", str(self.port), "--db", url],
+                env=full, stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited: {self.log.read_text()}")
+            try:
+                if httpx.get(f"{self.base}/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"server did not start: {self.log.read_text()}")
+
+    def client(self, token: str | None) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return httpx.Client(base_url=self.base, headers=headers, timeout=60)
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown, no rollback by the process; the database must cope."""
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.kill()
