@@ -299,3 +299,61 @@ def test_list_filters_are_checked(server: Server) -> None:
         _problem(c.get("/v1/workflows", params={"status": "nope"}), 422)
         _problem(c.get("/v1/workflows", params={"limit": 0}), 422)
         assert c.get("/v1/workflows", params={"status": "failed"}).json() == {"workflows": [], "next": None}
+
+
+def test_hostile_bundles_are_refused_and_nothing_is_stored(server: Server) -> None:
+    import io
+    import zipfile
+
+    def zipped(members: list[tuple[str, bytes]]) -> bytes:
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+            for name, data in members:
+                z.writestr(name, data)
+        return buf.getvalue()
+
+    token = _fresh_tenant(server)
+    hostile = {
+        "zip bomb": zipped([("manifest.json", b"{}"), ("ir.json", b"\0" * (50 << 20))]),
+        "zip slip": zipped([("../../etc/passwd", b"x"), ("manifest.json", b"{}")]),
+        "not a zip": b"\x00" * 1024,
+    }
+    with server.client(token) as c:
+        for name, data in hostile.items():
+            r = c.post("/v1/bundles", content=data)
+            assert r.status_code == 422, (name, r.text)
+            assert r.headers["content-type"].startswith("application/problem+json")
+        assert c.get("/v1/bundles").json() == []
+
+
+def test_a_restarted_server_finishes_the_re_evaluation_it_owed(
+        tmp_path: Path, orders_v1: bytes) -> None:
+    """Activation recorded, the server gone before re-evaluating: the next start does it."""
+    from server.store import Store
+
+    url = f"sqlite:///{tmp_path / 'emirax.db'}"
+    first = Server(url, tmp_path)
+    with first.client(ADMIN) as admin:
+        token = admin.post("/v1/tenants", json={"name": "acme"}).json()["token"]
+    with first.client(token) as c:
+        c.post("/v1/bundles", content=orders_v1)
+        c.post("/v1/workflows", json={"workflow": "demo.orders.Order", "id": "w",
+                                      "facts": [{"type": "Item", "fields": {"sku": "a", "qty": 1}}]})
+    first.stop()
+    v2 = _bundle(tmp_path, ORDERS_V2, "2.0.0")
+    store = Store.open(url)  # as if the server had crashed right after the activation committed
+    tenant = store.tenant_by_token(token)
+    assert tenant is not None
+    from emirax.bundle import load_bundle
+
+    b = load_bundle(v2)
+    store.put_bundle(tenant.id, "demo.orders", "2.0.0", b.digest, v2, b.manifest)
+    store.activate(tenant.id, "demo.orders", "2.0.0")
+    assert store.stale_workflows() == [(tenant.id, "w", "2.0.0")]
+    second = Server(url, tmp_path)
+    try:
+        with second.client(token) as c:
+            _wait(lambda: c.get("/v1/workflows/w").json()["version"] == "2.0.0")
+            assert {"type": "Audited", "fields": {"items": 1}} in c.get("/v1/workflows/w").json()["facts"]
+    finally:
+        second.stop()
