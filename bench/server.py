@@ -125,7 +125,7 @@ def free_port() -> int:
 class Server:
     """`python -m emirax serve` in a subprocess; its output goes to a log file, shown on failure."""
 
-    def __init__(self, db_url: str, home: Path, admin_token: str) -> None:
+    def __init__(self, db_url: str, home: Path, admin_token: str, workers: int = 1) -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log_path = home / "server.log"
@@ -133,7 +133,8 @@ class Server:
                "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
         self.log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "emirax", "serve", "--port", str(self.port), "--db", db_url],
+            [sys.executable, "-m", "emirax", "serve", "--port", str(self.port), "--db", db_url,
+             "--workers", str(workers)],
             env=env, stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT)
 
     def wait_ready(self, timeout: float = 60.0) -> None:
@@ -402,6 +403,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="PostgreSQL URL whose server gets the temporary database")
     p.add_argument("--sqlite", action="store_true", help="the embedded SQLite file instead (no pgbench)")
     p.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
+    p.add_argument("--workers", type=int, default=1, help="emirax serve --workers (server processes)")
     args = p.parse_args(argv)
     args.client_counts = [int(c) for c in args.clients.split(",") if c.strip()]
     if not args.client_counts or min(args.client_counts) < 1:
@@ -431,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
                 prepare_pgbench(db_url)
         admin = "admin-" + secrets.token_hex(8)
         bundle = build_orders_bundle(home)
-        server = Server(db_url, home, admin)
+        server = Server(db_url, home, admin, args.workers)
         stack.callback(server.stop)
         server.wait_ready()
         token = set_up_tenant(server.base, admin, bundle)
@@ -442,8 +444,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _print_preamble(where: str, args: argparse.Namespace, pgbench: str | None) -> None:
     print(f"database: {where}")
-    print("server: `emirax serve` = uvicorn with its default single worker process "
-          "(one Python process; FastAPI runs the sync routes in its thread pool)")
+    print(f"server: `emirax serve --workers {args.workers}` = uvicorn with {args.workers} worker "
+          "process(es) (FastAPI runs the sync routes in each one's thread pool)")
     print(f"workload: {WORKFLOW} (no functions): start with 2 facts -> waiting (1 step), "
           "add 1 fact -> completed (1 step)")
     print(f"load: C threads in this process, one httpx.Client each; {args.warmup:g} s warm-up, "

@@ -1,6 +1,6 @@
 """Starting the server: settings, migrations, the admin token, uvicorn (`emirax serve`).
 
-    serve(host="127.0.0.1", port=8080, db=None)
+    serve(host="127.0.0.1", port=8080, db=None, workers=1)
 
 The database is `db`, else `EMIRAX_DATABASE_URL`, else the embedded default: a SQLite file in
 `$EMIRAX_HOME` (default `~/.local/share/emirax`). Migrations run at start. The admin token is
@@ -15,6 +15,7 @@ import os
 import secrets
 import sys
 from pathlib import Path
+from typing import Any
 
 __all__ = ["admin_token", "database_url", "home", "serve"]
 
@@ -48,22 +49,44 @@ def admin_token() -> tuple[str, Path | None]:
     return token, path
 
 
-def serve(host: str = "127.0.0.1", port: int = 8080, db: str | None = None) -> None:
+def serve(host: str = "127.0.0.1", port: int = 8080, db: str | None = None, workers: int = 1) -> None:
+    """Migrate, then run uvicorn; with `workers` > 1, that many processes share the port (each
+    with its own store connection pool; the database serialises their steps per workflow)."""
     import uvicorn
 
-    from server.app import create_app
-    from server.observe import JsonFormatter
     from server.store import Store
+
+    _logging()
+    url = database_url(db)
+    Store.open(url).upgrade()
+    token, where = admin_token()
+    shown = url if "@" not in url else url.split("@")[-1]
+    print(f"emirax serve: database {shown}, {workers} worker(s)", file=sys.stderr)
+    if where is not None:
+        print(f"emirax serve: the admin token is in {where}", file=sys.stderr)
+    # The workers build the app from these (uvicorn starts them with an import string).
+    os.environ["EMIRAX_DATABASE_URL"] = url
+    os.environ["EMIRAX_ADMIN_TOKEN"] = token
+    if workers > 1:
+        uvicorn.run("server.main:app_from_env", factory=True, host=host, port=port,
+                    workers=workers, log_level="warning")
+    else:
+        uvicorn.run(app_from_env(), host=host, port=port, log_level="warning")
+
+
+def app_from_env() -> Any:
+    """The app of one server process, from EMIRAX_DATABASE_URL and EMIRAX_ADMIN_TOKEN."""
+    from server.app import create_app
+    from server.store import Store
+
+    _logging()
+    store = Store.open(os.environ["EMIRAX_DATABASE_URL"], state_cache=10_000)  # revision-checked
+    return create_app(store, admin_token=os.environ["EMIRAX_ADMIN_TOKEN"])
+
+
+def _logging() -> None:
+    from server.observe import JsonFormatter
 
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter())
-    logging.basicConfig(level=logging.INFO, handlers=[handler])
-    url = database_url(db)
-    store = Store.open(url, state_cache=10_000)  # checked against the row's revision per step
-    store.upgrade()
-    token, where = admin_token()
-    shown = url if "@" not in url else url.split("@")[-1]
-    print(f"emirax serve: database {shown}", file=sys.stderr)
-    if where is not None:
-        print(f"emirax serve: the admin token is in {where}", file=sys.stderr)
-    uvicorn.run(create_app(store, admin_token=token), host=host, port=port, log_level="warning")
+    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)

@@ -1,6 +1,6 @@
 """The server's commands: `emirax serve`, and the HTTP client commands that talk to it (httpx).
 
-    emirax serve [--host H] [--port P] [--db URL]
+    emirax serve [--host H] [--port P] [--db URL] [--workers N]
     emirax db upgrade [--db URL]
     emirax tenants create NAME                      (the admin token)
     emirax upload FILE.emxb [--activate]
@@ -48,11 +48,12 @@ def serve(
     host: Annotated[str, typer.Option(help="The interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535)] = 8080,
     db: Annotated[str | None, typer.Option("--db", help="A database URL (default: $EMIRAX_DATABASE_URL, else embedded SQLite).")] = None,
+    workers: Annotated[int, typer.Option(min=1, max=64, help="Server processes sharing the port.")] = 1,
 ) -> None:
     """Run the rule server (migrations run at start)."""
     from server.main import serve as run  # the server uses emirax, never the other way round
 
-    run(host=host, port=port, db=db)
+    run(host=host, port=port, db=db, workers=workers)
 
 
 @db.command("upgrade")
