@@ -28,6 +28,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from emirax.bundle import MAX_BUNDLE_BYTES, load_bundle
@@ -418,7 +419,8 @@ class _Idempotency:
         if scope["type"] != "http" or scope["method"] != "POST" or not key:
             await self.app(scope, receive, send)
             return
-        principal = self.who(headers.get(b"authorization", b"").decode("latin-1"))
+        # The store is synchronous: its calls run in the thread pool, off the event loop.
+        principal = await run_in_threadpool(self.who, headers.get(b"authorization", b"").decode("latin-1"))
         if principal is None:  # the route answers 401
             await self.app(scope, receive, send)
             return
@@ -430,7 +432,7 @@ class _Idempotency:
             return
         digest = hashlib.sha256(scope["path"].encode() + b"\0" + body).hexdigest()
         name = key.decode("latin-1")[:255]
-        kept = self.store.recall(owner, name)
+        kept = await run_in_threadpool(self.store.recall, owner, name)
         if kept is not None:
             if kept[0] != digest:
                 response = _problem(422, "Idempotency key reused",
@@ -446,6 +448,7 @@ class _Idempotency:
                    digest: str) -> None:
         sent = False
         status, chunks = 0, []
+        held: list[dict[str, Any]] = []  # the answer, sent once it is kept
 
         async def replay() -> dict[str, Any]:
             nonlocal sent
@@ -460,15 +463,19 @@ class _Idempotency:
                 status = message["status"]
             elif message["type"] == "http.response.body":
                 chunks.append(message.get("body", b""))
-            await send(message)
+            held.append(message)
 
         await self.app(scope, replay, capture)
         if 200 <= status < 300:
+            # Kept before the client sees the answer, so a retry that follows it is a replay.
             try:
                 doc = json.loads(b"".join(chunks))
             except ValueError:
-                return
-            self.store.remember(owner, name, digest, status, doc)
+                doc = None
+            if doc is not None:
+                await run_in_threadpool(self.store.remember, owner, name, digest, status, doc)
+        for message in held:
+            await send(message)
 
 
 async def _read_body(receive: Any) -> bytes:
