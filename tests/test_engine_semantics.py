@@ -1767,3 +1767,24 @@ def test_the_media_tenant_gives_up_after_an_encode_fails_its_retries() -> None:
     assert out.fired[-1] == "give up" and "assemble" not in out.fired
     assert {"type": "Failed", "fields": {"step": "encode",
                                           "reason": "chunk 1: disk full (after 4 attempts)"}} in out.facts
+
+
+SHARED_ALPHA = wrap("""
+    fact A(int n)
+    rule 'first' {
+        match { a: A(10.intdiv(n) > 1) }
+        action { log "first" }
+    }
+    rule 'second' {
+        match { a: A(10.intdiv(n) > 1) }
+        action { log "second" }
+    }
+""")
+
+
+@pytest.mark.parametrize("matcher", [Matcher, NaiveMatcher])
+def test_a_constant_test_shared_by_two_rules_reports_both(matcher: type) -> None:
+    run = Driver(workflow_of(SHARED_ALPHA), matcher=matcher).start(("A", {"n": 0}), ("A", {"n": 2}))
+    errors = [e for e in run.last.trace if e["event"] == "match_error"]
+    assert sorted(e["rule"] for e in errors) == ["first", "second"]
+    assert fires(run.last) == [("first", [2]), ("second", [2])]  # A(n: 2) matches both

@@ -512,8 +512,9 @@ class Matcher:
             return all(truthy(self._value(t, {}, fact)) for t in mem.tests)
         except LimitError as exc:
             raise runaway(mem.uses[0][0], exc) from None
-        except RuleError as exc:  # a shared memory: name the first rule that reads it
-            self.errors.append(MatchError(mem.uses[0][0].name, exc.at, exc.message))
+        except RuleError as exc:  # a shared memory: every rule that reads it did not match
+            for name in dict.fromkeys(rule.name for rule, _ in mem.uses):
+                self.errors.append(MatchError(name, exc.at, exc.message))
             return False
 
     def _error(self, rule: Rule, exc: RuleError) -> None:
