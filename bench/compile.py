@@ -23,13 +23,11 @@ from __future__ import annotations
 
 import argparse
 import gc
-import importlib
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import gen  # bench/gen.py: this script's folder is on sys.path when run as a script

@@ -260,13 +260,12 @@ class LocalRun:
             return ("error", "NotFound", f"the functions module defines no '{inv.name}'")
         try:
             value = fn(*inv.args)
-            json.dumps(value, allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            if "JSON" in str(exc) or "serializable" in str(exc) or "Out of range" in str(exc):
-                return ("error", "ResultError", f"the result of {inv.name} is not JSON data: {exc}")
-            return ("error", type(exc).__name__, str(exc) or type(exc).__name__)
         except Exception as exc:  # the function's own failure is the invocation's failure
             return ("error", type(exc).__name__, str(exc) or type(exc).__name__)
+        try:
+            json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            return ("error", "ResultError", f"the result of {inv.name} is not JSON data: {exc}")
         return ("ok", value, None)
 
     def _settle(self, flow_id: int, inv: Invocation, attempt: int,

@@ -1072,7 +1072,7 @@ class Rules:
         problems = []
         if then_add is not None:
             try:
-                _add_facts(runner, then_add)
+                runner.add_facts(then_add)
             except EngineError as exc:
                 problems.append(f"then_add: {exc}")
         root = runner.flows[min(runner.flows)].state
@@ -1088,11 +1088,6 @@ def _counted(name: str, fn: Callable[..., Any], calls: Counter[str]) -> Callable
         calls[name] += 1
         return fn(*args)
     return call
-
-
-def _add_facts(runner: Any, facts: list[dict[str, Any]]) -> None:
-    """Add facts to a quiescent root workflow and run to quiescence again."""
-    runner.add_facts(facts)
 
 
 def _debug() -> bool:

@@ -19,6 +19,7 @@ import threading
 from typing import Any
 
 from emirax.engine.step import Limits, Reevaluate, step
+from server.store import NotFound
 
 __all__ = ["Reevaluator"]
 
@@ -73,8 +74,6 @@ class Reevaluator:
         return done
 
     def _one(self, tenant_id: int, workflow_id: str, version: str) -> bool:
-        from server.store import NotFound
-
         try:
             with self.store.step(tenant_id, workflow_id) as tx:
                 if tx.version == version or tx.state.status not in REEVALUATE:

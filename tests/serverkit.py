@@ -1,8 +1,10 @@
-"""Running the real server in tests: `emirax serve` in a subprocess, and fresh PostgreSQL databases.
+"""Running the real server in tests: `emirax serve` in a subprocess, fresh PostgreSQL databases,
+and bundles compiled from source.
 
     with fresh_database(postgres_url) as url: ...
     srv = ServerProcess(url, home, admin_token="...")   # waits for /healthz
     srv.client(token) -> httpx.Client;  srv.stop();  srv.kill()  (SIGKILL)
+    compile_bundle(tmp, ORDERS, "1.0.0") -> .emxb bytes
 
 The server's output goes to a file in `home` (an undrained pipe would block a chatty server).
 """
@@ -24,6 +26,47 @@ import httpx
 import psycopg
 
 from conftest import libpq_dsn
+from emirax import pipeline
+from emirax.bundle import build_bundle
+
+# A workload without functions: a start with Items is one step (`count` fires, waiting); adding
+# a Shipped fact is another (`ship` fires, completed).
+ORDERS = """\
+package demo.orders
+
+workflow Order {
+    fact Item(String sku, int qty)
+    fact Total(int items)
+    fact Shipped(String carrier)
+
+    rule 'count' {
+        match {
+            items: collect Item()
+            when items.size() > 0
+        }
+        action {
+            def n = items.sum { it.qty }
+            insert Total(items: n)
+        }
+    }
+    rule 'ship' {
+        match {
+            t: Total()
+            s: Shipped()
+        }
+        action { complete(items: t.items, carrier: s.carrier) }
+    }
+}
+"""
+
+
+def compile_bundle(folder: Path, source: str, version: str) -> bytes:
+    """The .emxb bytes of one rule file's source, at `version`."""
+    path = folder / f"rules-{version}.emx"
+    path.write_text(source, encoding="utf-8")
+    result = pipeline.build(path, cache_dir=False)
+    assert result.ir is not None
+    return build_bundle(result.ir, version=version, sources={})
 
 
 def free_port() -> int:

@@ -1,13 +1,34 @@
-"""What several test modules share: the SPEC's example program and the benchmark generator."""
+"""What several test modules share: the SPEC's example program, the benchmark generator, and
+`Run`, what a command run in a subprocess gave."""
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
+from dataclasses import dataclass
 from types import ModuleType
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Run:
+    """A finished `python -m emirax ...`: its exit code and its two streams."""
+
+    code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+    @property
+    def json(self) -> Any:
+        return json.loads(self.stdout)
 
 # The example program of SPEC section 2 (kept here so no test depends on the SPEC file).
 SPEC_EXAMPLE = """\

@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from emirax.bundle import load_bundle
+from support import Run
 
 TIMEOUT = 60
 
@@ -115,17 +116,6 @@ def _seed(cache: Path) -> None:
     for folder in _WARM:
         for table in folder.glob("grammar-*"):
             shutil.copy2(table, cache / table.name)
-
-
-@dataclass
-class Run:
-    code: int
-    stdout: str
-    stderr: str
-
-    @property
-    def output(self) -> str:
-        return self.stdout + self.stderr
 
 
 def emirax(cwd: Path, *args: str, command: list[str] | None = None, cache: Path | None = None) -> Run:

@@ -242,3 +242,26 @@ def test_bad_rules_print_diagnostics_and_exit_1(tmp_path: Path) -> None:
     assert proc.returncode == 1
     no_traceback(proc)
     assert "bad.emx:5:" in proc.stderr and "B" in proc.stderr
+
+
+def test_a_function_error_and_a_non_json_result_are_told_apart(tmp_path: Path) -> None:
+    """A ValueError the function raises is its own failure (type ValueError), whatever its text;
+    only a result that cannot be JSON is a ResultError."""
+    from emirax.engine.program import Program
+    from emirax.local import LocalRun
+    from emirax.pipeline import build
+
+    result = build(write(tmp_path / "flaky.emx", FLAKY), cache_dir=False)
+    program = Program.from_ir(result.ir)
+    go = [{"type": "Go", "fields": {"name": "wobbly"}}]
+
+    def raises(name: str) -> str:
+        raise ValueError("Out of range float values are not JSON compliant")  # a JSON-ish text
+
+    broke = LocalRun(program, {"wobbly": raises}, sequential=True).run("Flaky", go)
+    assert {"type": "Broke", "fields": {"why": "Out of range float values are not JSON compliant",
+                                        "attempts": 3}} in broke.facts
+    assert [e["type"] for e in broke.trace if e["event"] == "raised"] == ["ValueError"] * 3
+
+    odd = LocalRun(program, {"wobbly": lambda name: {1, 2}}, sequential=True).run("Flaky", go)
+    assert [e["type"] for e in odd.trace if e["event"] == "raised"] == ["ResultError"] * 3

@@ -27,34 +27,11 @@ from typing import Any
 import httpx
 import pytest
 
-from serverkit import free_port
+from serverkit import ORDERS, free_port
+from support import Run
 
 TIMEOUT = 60
 WORKFLOW = "demo.orders.Order"
-ORDERS = """\
-package demo.orders
-
-workflow Order {
-    fact Item(String sku, int qty)
-    fact Total(int items)
-    fact Shipped(String carrier)
-
-    rule 'count' {
-        match {
-            items: collect Item()
-            when items.size() > 0
-        }
-        action { insert Total(items: items.sum { it.qty }) }
-    }
-    rule 'ship' {
-        match {
-            t: Total()
-            s: Shipped()
-        }
-        action { complete(items: t.items, carrier: s.carrier) }
-    }
-}
-"""
 # Another rule set for the same package, so its IR (and so its digest) differs.
 ORDERS_V2 = ORDERS.replace("complete(items: t.items, carrier: s.carrier)",
                            "complete(items: t.items, carrier: s.carrier, v: 2)")
@@ -63,15 +40,6 @@ ORDERS_V2 = ORDERS.replace("complete(items: t.items, carrier: s.carrier)",
 # ── running things ─────────────────────────────────────────────────────────────────────────────
 
 
-@dataclass
-class Run:
-    code: int
-    stdout: str
-    stderr: str
-
-    @property
-    def json(self) -> Any:
-        return json.loads(self.stdout)
 
 
 def _base_env(home: Path) -> dict[str, str]:

@@ -16,7 +16,6 @@ import shutil
 import subprocess
 import sys
 import textwrap
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -28,6 +27,7 @@ import emirax.cli.run  # noqa: F401
 import emirax.local  # noqa: F401
 import emirax.pipeline  # noqa: F401
 from emirax.testing import RuleRun, Rules, ScenarioError, _equal, load_rules
+from support import Run
 
 ROOT = Path(__file__).resolve().parents[1]
 TENANT = ROOT / "tenants" / "media-encoding"
@@ -45,17 +45,6 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     env.update(EMIRAX_CACHE_DIR=str(base / "cache"), MEDIA_ENCODING_STORE=str(base / "store"),
                NO_COLOR="1", COLUMNS="100", PYTHONIOENCODING="utf-8")
     return env
-
-
-@dataclass
-class Run:
-    code: int
-    stdout: str
-    stderr: str
-
-    @property
-    def output(self) -> str:
-        return self.stdout + self.stderr
 
 
 def emirax(env: dict[str, str], *args: str, cwd: Path = ROOT) -> Run:

@@ -17,48 +17,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from emirax import pipeline
-from emirax.bundle import build_bundle
-from serverkit import ServerProcess, fresh_database
+from serverkit import ORDERS, ServerProcess, compile_bundle, fresh_database
 
 ADMIN = "admin-" + secrets.token_hex(8)
-ORDERS = """\
-package demo.orders
-
-workflow Order {
-    fact Item(String sku, int qty)
-    fact Total(int items)
-    fact Shipped(String carrier)
-
-    rule 'count' {
-        match {
-            items: collect Item()
-            when items.size() > 0
-        }
-        action {
-            def n = items.sum { it.qty }
-            insert Total(items: n)
-        }
-    }
-    rule 'ship' {
-        match {
-            t: Total()
-            s: Shipped()
-        }
-        action { complete(items: t.items, carrier: s.carrier) }
-    }
-}
-"""
-
-
-def _bundle(tmp: Path, source: str, version: str) -> bytes:
-    path = tmp / f"orders-{version}.emx"
-    path.write_text(source, encoding="utf-8")
-    result = pipeline.build(path, cache_dir=False)
-    assert result.ir is not None
-    return build_bundle(result.ir, version=version, sources={})
-
-
 class Server(ServerProcess):
     def __init__(self, url: str, home: Path) -> None:
         super().__init__(url, home, admin_token=ADMIN)
@@ -90,7 +51,7 @@ def tenants(server: Server) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def orders_v1(tmp_path_factory: pytest.TempPathFactory) -> bytes:
-    return _bundle(tmp_path_factory.mktemp("b"), ORDERS, "1.0.0")
+    return compile_bundle(tmp_path_factory.mktemp("b"), ORDERS, "1.0.0")
 
 
 def _problem(r: httpx.Response, status: int) -> dict:
@@ -221,7 +182,7 @@ def _wait(predicate, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-
 def test_activating_a_version_re_evaluates_existing_workflows(
         server: Server, orders_v1: bytes, tmp_path: Path) -> None:
     token = _fresh_tenant(server)
-    v2 = _bundle(tmp_path, ORDERS_V2, "2.0.0")
+    v2 = compile_bundle(tmp_path, ORDERS_V2, "2.0.0")
     item = {"type": "Item", "fields": {"sku": "a", "qty": 4}}
     with server.client(token) as c:
         c.post("/v1/bundles", content=orders_v1)
@@ -340,7 +301,7 @@ def test_a_restarted_server_finishes_the_re_evaluation_it_owed(
         c.post("/v1/workflows", json={"workflow": "demo.orders.Order", "id": "w",
                                       "facts": [{"type": "Item", "fields": {"sku": "a", "qty": 1}}]})
     first.stop()
-    v2 = _bundle(tmp_path, ORDERS_V2, "2.0.0")
+    v2 = compile_bundle(tmp_path, ORDERS_V2, "2.0.0")
     store = Store.open(url)  # as if the server had crashed right after the activation committed
     tenant = store.tenant_by_token(token)
     assert tenant is not None

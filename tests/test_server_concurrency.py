@@ -30,9 +30,7 @@ import psycopg
 import pytest
 
 from conftest import libpq_dsn
-from emirax import pipeline
-from emirax.bundle import build_bundle
-from serverkit import ServerProcess, fresh_database
+from serverkit import ServerProcess, compile_bundle, fresh_database
 
 pytestmark = pytest.mark.postgres
 
@@ -96,11 +94,7 @@ def servers(database: str, home: Path) -> Iterator[list[Server]]:
 @pytest.fixture(scope="module")
 def token(servers: list[Server], home: Path) -> str:
     """One tenant, with the Tally bundle uploaded (and so active)."""
-    src = home / "tally.emx"
-    src.write_text(TALLY, encoding="utf-8")
-    result = pipeline.build(src, cache_dir=False)
-    assert result.ir is not None
-    data = build_bundle(result.ir, version="1.0.0", sources={})
+    data = compile_bundle(home, TALLY, "1.0.0")
     with servers[0].client(ADMIN) as admin:
         r = admin.post("/v1/tenants", json={"name": f"conc-{secrets.token_hex(3)}"})
         assert r.status_code == 201, r.text
