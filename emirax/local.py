@@ -33,7 +33,7 @@ from emirax.engine.state import WorkflowState
 from emirax.engine.step import AddFacts, Delta, Failure, Invocation, Limits, Result, Start, step
 from emirax.errors import EmiraxError
 
-__all__ = ["FunctionsError", "LocalRun", "Outcome", "load_functions"]
+__all__ = ["FunctionsError", "LocalRun", "Outcome", "backoff_seconds", "load_functions"]
 
 MAX_BACKOFF = 60.0
 
@@ -287,7 +287,7 @@ class LocalRun:
                           "attempt": attempt, "type": a, "message": b})
         if attempt <= retries and flow.state.status != "failed" and inv.id in flow.state.calls:
             self.seq += 1
-            delay = 0.0 if self.sequential else _backoff(inv.options.get("backoff"), attempt)
+            delay = 0.0 if self.sequential else backoff_seconds(inv.options.get("backoff"), attempt)
             heapq.heappush(self.retries, _Retry(time.monotonic() + delay, self.seq, flow_id, inv,
                                                 attempt + 1))
             return []
@@ -308,7 +308,8 @@ class LocalRun:
             self.on_event(ev)
 
 
-def _backoff(option: Any, attempt: int) -> float:
+def backoff_seconds(option: Any, attempt: int) -> float:
+    """Seconds to wait after failed attempt `attempt` (from 1): the function's `backoff` option."""
     if option == "exponential":
         return min(MAX_BACKOFF, 2.0 ** (attempt - 1))
     if isinstance(option, (int, float)):

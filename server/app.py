@@ -14,6 +14,7 @@ Rules every route follows:
   whole or not at all, with the workflow row locked.
 """
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -38,8 +39,10 @@ from emirax.engine.step import AddFacts, Limits, Reevaluate, Start, step
 from emirax.errors import EmiraxError
 from server.observe import AccessLog, Metrics
 from server.plugins import Principal, Spaces, server_plugins
+from server.queue import Queue, Sweeper
 from server.reevaluate import Reevaluator
-from server.store import Conflict, NotFound, Store
+from server.steps import Stepper, Work
+from server.store import Conflict, NotFound, Refused, Store
 
 __all__ = ["Problem", "create_app"]
 
@@ -52,15 +55,16 @@ PROBLEM = "application/problem+json"
 class Problem(Exception):
     """A refused request: becomes a problem+json response with `status`."""
 
-    def __init__(self, status: int, title: str, detail: str = "") -> None:
+    def __init__(self, status: int, title: str, detail: str = "", **extra: Any) -> None:
         super().__init__(detail or title)
-        self.status, self.title, self.detail = status, title, detail
+        self.status, self.title, self.detail, self.extra = status, title, detail, extra
 
 
-def _problem(status: int, title: str, detail: str = "") -> JSONResponse:
-    body = {"type": "about:blank", "title": title, "status": status}
+def _problem(status: int, title: str, detail: str = "", **extra: Any) -> JSONResponse:
+    body: dict[str, Any] = {"type": "about:blank", "title": title, "status": status}
     if detail:
         body["detail"] = detail
+    body.update(extra)
     return JSONResponse(body, status_code=status, media_type=PROBLEM)
 
 
@@ -85,30 +89,45 @@ class FactsIn(BaseModel):
 
 class TenantIn(BaseModel):
     name: str = Field(min_length=1, max_length=100, pattern=r"^[a-z0-9][a-z0-9-]*$")
+    max_in_flight: int | None = Field(default=None, ge=1, le=100_000,
+                                      description="invocations leased at once (default: the server's)")
+
+
+FunctionName = Annotated[str, Field(min_length=1, max_length=512)]
+
+
+class LeaseIn(BaseModel):
+    runner: str = Field(min_length=1, max_length=200)
+    functions: list[FunctionName] = Field(min_length=1, max_length=200)
+    max: int = Field(default=1, ge=1, le=100)
+    wait: float = Field(default=20.0, ge=0, le=60)
+
+
+class FenceIn(BaseModel):
+    fence: int = Field(ge=0)
+
+
+class CompleteIn(FenceIn):
+    result: Any = None
+
+
+class ErrorIn(BaseModel):
+    type: str = Field(default="FunctionError", min_length=1, max_length=200)
+    message: str = Field(default="", max_length=10_000)
+
+
+class FailIn(FenceIn):
+    error: ErrorIn = Field(default_factory=ErrorIn)
+    retry: bool = True
 
 
 # ── the application ────────────────────────────────────────────────────────────────────────────
 
 
 def create_app(store: Store, *, admin_token: str, plugins: pluggy.PluginManager | None = None,
-               limits: Limits = Limits()) -> FastAPI:
+               limits: Limits = Limits(), lease_seconds: float = 30.0) -> FastAPI:
     hooks = plugins if plugins is not None else server_plugins()
     spaces = Spaces(store)
-    reevaluator = Reevaluator(store, spaces, limits=limits)
-
-    @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        hooks.hook.emirax_startup(settings={"limits": limits})
-        reevaluator.start()  # also resumes re-evaluations a stopped server left owed
-        yield
-        reevaluator.stop()
-
-    app = FastAPI(title="Emirax", version="1", summary="Rules, bundles and durable workflows",
-                  lifespan=lifespan)
-    app.state.reevaluator = reevaluator
-    _errors(app)
-
-    tokens: dict[str, Principal] = {}
     active: dict[tuple[int, str], tuple[float, str | None]] = {}
 
     def active_version(tenant_id: int, package: str) -> str | None:
@@ -122,6 +141,38 @@ def create_app(store: Store, *, admin_token: str, plugins: pluggy.PluginManager 
         version = store.active_version(tenant_id, package)
         active[(tenant_id, package)] = (now, version)
         return version
+
+    stepper = Stepper(spaces, active_version, limits=limits)
+    queue = Queue(store, spaces, stepper, lease_seconds=lease_seconds)
+    sweeper = Sweeper(queue, every=lease_seconds / 2)
+    metrics = Metrics(store)
+
+    def committed(tenant_id: int, work: Work) -> None:
+        """After a transaction of steps commits: metrics, and wake the runners its work needs."""
+        metrics.steps_of(tenant_id, work.durations)
+        queue.wake(tenant_id, work)
+
+    reevaluator = Reevaluator(store, spaces, stepper, queue, committed)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        hooks.hook.emirax_startup(settings={"limits": limits})
+        queue.start(asyncio.get_running_loop())
+        sweeper.start()  # also retries leases that expired while no server ran
+        reevaluator.start()  # also resumes re-evaluations a stopped server left owed
+        yield
+        reevaluator.stop()
+        sweeper.stop()
+        queue.stop()
+
+    app = FastAPI(title="Emirax", version="1", summary="Rules, bundles and durable workflows",
+                  lifespan=lifespan)
+    app.state.reevaluator = reevaluator
+    app.state.sweeper = sweeper
+    app.state.queue = queue
+    _errors(app)
+
+    tokens: dict[str, Principal] = {}
 
     def dispatch(tenant_id: int, delta: Any) -> None:
         """After the commit: tell the dispatch plugins what the step queued."""
@@ -169,7 +220,6 @@ def create_app(store: Store, *, admin_token: str, plugins: pluggy.PluginManager 
 
     Tenant = Annotated[int, Depends(tenant)]
 
-    metrics = Metrics(store)
     app.state.metrics = metrics
     app.add_middleware(_Idempotency, store=store, who=who)
     app.add_middleware(AccessLog, metrics=metrics)
@@ -187,10 +237,11 @@ def create_app(store: Store, *, admin_token: str, plugins: pluggy.PluginManager 
     @app.post("/v1/tenants", status_code=201)
     def create_tenant(body: TenantIn, _: Annotated[Principal, Depends(admin)]) -> dict[str, Any]:
         try:
-            tenant_id, token = store.create_tenant(body.name)
+            tenant_id, token = store.create_tenant(body.name, body.max_in_flight)
         except Conflict as exc:
             raise Problem(409, "Conflict", str(exc)) from None
-        return {"id": tenant_id, "name": body.name, "token": token}
+        return {"id": tenant_id, "name": body.name, "token": token,
+                "max_in_flight": body.max_in_flight or store.max_in_flight}
 
     @app.post("/v1/bundles", openapi_extra={"requestBody": {"content": {"application/octet-stream": {
         "schema": {"type": "string", "format": "binary"}}}, "required": True}})
@@ -267,20 +318,20 @@ def create_app(store: Store, *, admin_token: str, plugins: pluggy.PluginManager 
         facts = [{"type": f.type, "fields": f.fields} for f in body.facts]
         # The row and its first step are one transaction: facts the step refuses (InputError)
         # roll the new row back, so they are checked once, there.
+        work = Work()
         try:
             with store.start(tenant_id, wf.name, package, version, client_id=body.id,
                              priority=body.priority) as tx:
                 delta = None
                 if tx.created:
-                    began = time.perf_counter()
-                    delta = step(wf, tx.state, Start(facts), limits=limits)
-                    tx.apply(delta)
-                    metrics.step(tenant_id, time.perf_counter() - began)
+                    delta = stepper.run(tx, wf, Start(facts), work)
+                    queue.publish(tx, work)
                 view, created = tx.view(), tx.created
         except InputError as exc:
             raise Problem(422, "Invalid facts", str(exc)) from None
         except Conflict as exc:
             raise Problem(409, "Conflict", str(exc)) from None
+        committed(tenant_id, work)
         dispatch(tenant_id, delta)
         return JSONResponse(view, status_code=201 if created else 200)
 
@@ -307,10 +358,10 @@ def create_app(store: Store, *, admin_token: str, plugins: pluggy.PluginManager 
     @app.post("/v1/workflows/{workflow_id}/facts")
     def add_facts(workflow_id: str, body: FactsIn, tenant_id: Tenant) -> dict[str, Any]:
         facts = [{"type": f.type, "fields": f.fields} for f in body.facts]
-        began = time.perf_counter()
-        delta, view = _step(store, tenant_id, workflow_id,
-                            lambda w, st: step(w, st, AddFacts(facts), limits=limits), spaces)
-        metrics.step(tenant_id, time.perf_counter() - began)
+        work = Work()
+        delta, view = _step(store, tenant_id, workflow_id, spaces, stepper, queue,
+                            AddFacts(facts), work)
+        committed(tenant_id, work)
         dispatch(tenant_id, delta)
         return view
 
@@ -321,21 +372,70 @@ def create_app(store: Store, *, admin_token: str, plugins: pluggy.PluginManager 
             raise Problem(404, "Not Found", f"no workflow {workflow_id}")
         return {"events": [e.to_json() for e in events]}
 
+    # ── the runner protocol (docs/queue.md) ───────────────────────────────────────────────────
+
+    @app.post("/v1/runners/lease")
+    async def lease(body: LeaseIn, request: Request, tenant_id: Tenant) -> dict[str, Any]:
+        """Lease up to `max` queued invocations of `functions`, long-polling up to `wait` s."""
+        leased = await queue.lease(tenant_id, body.runner, list(dict.fromkeys(body.functions)),
+                                   body.max, body.wait, gone=request.is_disconnected)
+        metrics.invocation(tenant_id, "leased", len(leased))
+        return {"invocations": [i.to_json() for i in leased],
+                "heartbeat": round(lease_seconds / 3, 3)}
+
+    def settle(outcome: str, tenant_id: int, invocation_id: int, act: Callable[[], Any]) -> Any:
+        try:
+            answer = act()
+        except NotFound:
+            raise Problem(404, "Not Found", f"no invocation {invocation_id}") from None
+        except Refused as exc:
+            metrics.invocation(tenant_id, f"refused_{exc.reason}")
+            raise Problem(409, "Not applied", str(exc), reason=exc.reason) from None
+        except LookupError as exc:
+            raise Problem(409, "Conflict", str(exc)) from None
+        metrics.invocation(tenant_id, outcome)
+        return answer
+
+    @app.post("/v1/invocations/{invocation_id}/complete")
+    def complete(invocation_id: int, body: CompleteIn, tenant_id: Tenant) -> dict[str, Any]:
+        """Report a result: applied once, by the holder of the current lease."""
+        return settle("done", tenant_id, invocation_id, lambda: queue.complete(
+            tenant_id, invocation_id, body.fence, body.result))
+
+    @app.post("/v1/invocations/{invocation_id}/fail")
+    def fail(invocation_id: int, body: FailIn, tenant_id: Tenant) -> dict[str, Any]:
+        """Report a failed attempt: retried after the backoff while retries are left."""
+        return settle("failed", tenant_id, invocation_id, lambda: queue.fail(
+            tenant_id, invocation_id, body.fence, body.error.model_dump(), body.retry))
+
+    @app.post("/v1/invocations/{invocation_id}/heartbeat")
+    def heartbeat(invocation_id: int, body: FenceIn, tenant_id: Tenant) -> dict[str, Any]:
+        """Renew a lease (never past the attempt's timeout)."""
+        deadline = settle("renewed", tenant_id, invocation_id, lambda: queue.heartbeat(
+            tenant_id, invocation_id, body.fence))
+        return {"deadline": deadline.isoformat()}
+
+    @app.post("/v1/invocations/{invocation_id}/release")
+    def release(invocation_id: int, body: FenceIn, tenant_id: Tenant) -> dict[str, Any]:
+        """Give a lease back: queued again at once, the attempt not counted."""
+        settle("released", tenant_id, invocation_id, lambda: queue.release(
+            tenant_id, invocation_id, body.fence))
+        return {"released": True}
+
     return app
 
 
-def _step(store: Store, tenant_id: int, workflow_id: str,
-          run: Callable[[Workflow, Any], Any], spaces: Spaces) -> tuple[Any, dict[str, Any]]:
-    """One evaluation step in one transaction, the workflow row locked; returns its delta and
-    the workflow's view after it (read in the same transaction)."""
+def _step(store: Store, tenant_id: int, workflow_id: str, spaces: Spaces, stepper: Stepper,
+          queue: Queue, event: Any, work: Work) -> tuple[Any, dict[str, Any]]:
+    """One evaluation step (and what follows it) in one transaction, the workflow row locked;
+    returns its delta and the workflow's view after it (read in the same transaction)."""
     try:
         with store.step(tenant_id, workflow_id) as tx:
-            state = tx.state
-            wf = spaces.workflow(tenant_id, state.workflow, tx.version)
+            wf = spaces.workflow(tenant_id, tx.state.workflow, tx.version)
             if wf is None:
                 raise Problem(409, "Conflict", f"the bundle of {workflow_id} is not available")
-            delta = run(wf, state)
-            tx.apply(delta)
+            delta = stepper.run(tx, wf, event, work)
+            queue.publish(tx, work)
             view = tx.view()
     except NotFound:
         raise Problem(404, "Not Found", f"no workflow {workflow_id}") from None
@@ -356,7 +456,7 @@ def _view(store: Store, tenant_id: int, workflow_id: str) -> dict[str, Any]:
 def _errors(app: FastAPI) -> None:
     @app.exception_handler(Problem)
     async def problem(_: Request, exc: Problem) -> JSONResponse:
-        return _problem(exc.status, exc.title, exc.detail)
+        return _problem(exc.status, exc.title, exc.detail, **exc.extra)
 
     @app.exception_handler(StarletteHTTPException)
     async def http(_: Request, exc: StarletteHTTPException) -> JSONResponse:

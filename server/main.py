@@ -75,13 +75,31 @@ def serve(host: str = "127.0.0.1", port: int = 8080, db: str | None = None, work
 
 
 def app_from_env() -> Any:
-    """The app of one server process, from EMIRAX_DATABASE_URL and EMIRAX_ADMIN_TOKEN."""
+    """The app of one server process, from EMIRAX_DATABASE_URL and EMIRAX_ADMIN_TOKEN, and the
+    queue's settings EMIRAX_LEASE_SECONDS (a lease's life without a heartbeat, default 30) and
+    EMIRAX_MAX_IN_FLIGHT (a tenant's invocations leased at once, unless set for the tenant;
+    default 256)."""
     from server.app import create_app
     from server.store import Store
 
     _logging()
-    store = Store.open(os.environ["EMIRAX_DATABASE_URL"], state_cache=10_000)  # revision-checked
-    return create_app(store, admin_token=os.environ["EMIRAX_ADMIN_TOKEN"])
+    store = Store.open(os.environ["EMIRAX_DATABASE_URL"], state_cache=10_000,  # revision-checked
+                       max_in_flight=_setting("EMIRAX_MAX_IN_FLIGHT", 256, int))
+    return create_app(store, admin_token=os.environ["EMIRAX_ADMIN_TOKEN"],
+                      lease_seconds=_setting("EMIRAX_LEASE_SECONDS", 30.0, float))
+
+
+def _setting(name: str, default: Any, kind: type) -> Any:
+    raw = os.environ.get(name)
+    if not raw:
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise SystemExit(f"emirax serve: {name}={raw!r} is not a number") from None
+    if value <= 0:
+        raise SystemExit(f"emirax serve: {name} must be more than 0")
+    return value
 
 
 def _logging() -> None:

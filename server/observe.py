@@ -51,11 +51,23 @@ class Metrics:
                              registry=self.registry)
         self.step_latency = Histogram("emirax_step_seconds", "Evaluation step latency (engine and store)",
                                       registry=self.registry)
+        self.invocations = Counter("emirax_invocations_total",
+                                   "Invocations leased and settled, by outcome",
+                                   ["tenant", "outcome"], registry=self.registry)
         self.registry.register(_QueueDepth(store))
 
     def step(self, tenant_id: int, seconds: float) -> None:
         self.steps.labels(str(tenant_id)).inc()
         self.step_latency.observe(seconds)
+
+    def steps_of(self, tenant_id: int, durations: list[float]) -> None:
+        """After a commit: the engine steps of one transaction."""
+        for seconds in durations:
+            self.step(tenant_id, seconds)
+
+    def invocation(self, tenant_id: int, outcome: str, n: int = 1) -> None:
+        if n:
+            self.invocations.labels(str(tenant_id), outcome).inc(n)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -1,6 +1,6 @@
 """Always on: re-evaluating waiting and completed workflows under a newly active bundle version.
 
-    worker = Reevaluator(store, spaces)
+    worker = Reevaluator(store, spaces, stepper, queue, committed)
     worker.start()       # a background thread; runs once at start (a restart resumes the work)
     worker.kick()        # after an activation: wake it
     worker.drain()       # the work itself, synchronously (what the thread runs; tests call it)
@@ -18,7 +18,10 @@ import logging
 import threading
 from typing import Any
 
-from emirax.engine.step import Limits, Reevaluate, step
+from collections.abc import Callable
+
+from emirax.engine.step import Reevaluate
+from server.steps import Stepper, Work
 from server.store import NotFound
 
 __all__ = ["Reevaluator"]
@@ -28,10 +31,13 @@ REEVALUATE = ("waiting", "completed")
 
 
 class Reevaluator:
-    def __init__(self, store: Any, spaces: Any, *, limits: Limits = Limits(), batch: int = 100) -> None:
+    def __init__(self, store: Any, spaces: Any, stepper: Stepper, queue: Any,
+                 committed: Callable[[int, Work], None], *, batch: int = 100) -> None:
         self.store = store
         self.spaces = spaces
-        self.limits = limits
+        self.stepper = stepper
+        self.queue = queue  # publishes the work a re-evaluation queues
+        self.committed = committed  # wakes runners for it after the commit
         self.batch = batch
         self.wake = threading.Event()
         self.stopping = threading.Event()
@@ -74,6 +80,7 @@ class Reevaluator:
         return done
 
     def _one(self, tenant_id: int, workflow_id: str, version: str) -> bool:
+        work = Work()
         try:
             with self.store.step(tenant_id, workflow_id) as tx:
                 if tx.version == version or tx.state.status not in REEVALUATE:
@@ -82,9 +89,10 @@ class Reevaluator:
                 if wf is None:
                     log.warning("workflow %s is not in version %s of its bundle", workflow_id, version)
                     return False
-                delta = step(wf, tx.state, Reevaluate(), limits=self.limits)
-                tx.apply(delta)
+                delta = self.stepper.run(tx, wf, Reevaluate(), work)
+                self.queue.publish(tx, work)
         except NotFound:
             return True
+        self.committed(tenant_id, work)
         log.info("re-evaluated %s under %s: %d firing(s)", workflow_id, version, delta.firings)
         return True

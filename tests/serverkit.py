@@ -5,6 +5,7 @@ and bundles compiled from source.
     srv = ServerProcess(url, home, admin_token="...")   # waits for /healthz
     srv.client(token) -> httpx.Client;  srv.stop();  srv.kill()  (SIGKILL)
     compile_bundle(tmp, ORDERS, "1.0.0") -> .emxb bytes
+    RunnerProcess(module, srv.base, token, home, "r1")  # `emirax runner`; .lines(), .kill()
 
 The server's output goes to a file in `home` (an undrained pipe would block a chatty server).
 """
@@ -94,8 +95,8 @@ class ServerProcess:
     make its own (in home/admin-token)."""
 
     def __init__(self, url: str, home: Path, admin_token: str | None = None,
-                 env: dict[str, str] | None = None) -> None:
-        self.port = free_port()
+                 env: dict[str, str] | None = None, port: int | None = None) -> None:
+        self.port = port or free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.home = home
         self.log = home / f"serve-{self.port}.log"
@@ -135,3 +136,36 @@ class ServerProcess:
                 self.proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 self.kill()
+
+
+class RunnerProcess:
+    """`emirax runner MODULE --server BASE --token TOKEN --name NAME` in a subprocess, its log
+    (stderr: one line per invocation) in home/runner-NAME.log."""
+
+    def __init__(self, module: Path, base: str, token: str, home: Path, name: str, *,
+                 concurrency: int = 4, env: dict[str, str] | None = None) -> None:
+        self.name = name
+        self.log = home / f"runner-{name}.log"
+        with self.log.open("ab") as sink:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "emirax", "runner", str(module), "--server", base,
+                 "--token", token, "--name", name, "--concurrency", str(concurrency),
+                 "--wait", "5", "--grace", "5"],
+                env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL, stdout=sink,
+                stderr=subprocess.STDOUT)
+
+    def lines(self) -> list[str]:
+        return self.log.read_text(errors="replace").splitlines() if self.log.exists() else []
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        return self.proc.returncode

@@ -11,6 +11,7 @@ from server.store.store import (
     InvocationInfo,
     NotFound,
     PackageInfo,
+    Refused,
     StepHandle,
     Store,
     StoreError,
@@ -23,6 +24,6 @@ from server.store.store import (
 )
 
 __all__ = [
-    "Conflict", "InvocationInfo", "NotFound", "PackageInfo", "StepHandle", "Store", "StoreError",
-    "Tenant", "TraceEntry", "VersionInfo", "WorkflowInfo", "alembic_config", "token_hash",
+    "Conflict", "InvocationInfo", "NotFound", "PackageInfo", "Refused", "StepHandle", "Store",
+    "StoreError", "Tenant", "TraceEntry", "VersionInfo", "WorkflowInfo", "alembic_config", "token_hash",
 ]

@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = [
-    "Base", "Bundle", "Fact", "Fired", "Invocation", "Package", "PendingRow", "Tenant",
+    "Base", "Bundle", "Fact", "Fired", "Invocation", "Package", "PendingRow", "Runner", "Tenant",
     "TraceEvent", "UTCDateTime", "Workflow", "JSONDoc", "BigId",
 ]
 
@@ -82,6 +82,8 @@ class Tenant(Base):
     id: Mapped[int] = mapped_column(sa.Integer, primary_key=True, autoincrement=True)
     name: Mapped[str] = mapped_column(sa.String(200), unique=True)
     token_hash: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    # Invocations leased at once; None: the server's default (docs/queue.md).
+    max_in_flight: Mapped[int | None] = mapped_column(sa.Integer, nullable=True)
     created_at: Mapped[datetime]
 
 
@@ -150,6 +152,8 @@ class Workflow(Base):
         sa.Index("ix_workflows_tenant_name_id", "tenant_id", "name", "id"),
         # Activating a version finds the workflows of that package still on another version.
         sa.Index("ix_workflows_tenant_package_version", "tenant_id", "package", "version"),
+        # A parent's children (why its `start` call waits).
+        sa.Index("ix_workflows_parent_pk_parent_call", "parent_pk", "parent_call"),
         sa.ForeignKeyConstraint(
             ["tenant_id", "package", "version"],
             ["bundles.tenant_id", "bundles.package", "bundles.version"],
@@ -171,6 +175,10 @@ class Workflow(Base):
     next_pending: Mapped[int] = mapped_column(sa.Integer)
     next_seq: Mapped[int] = mapped_column(sa.Integer)
     revision: Mapped[int] = mapped_column(sa.Integer)
+    # A child workflow: the parent and the parent's `start` call its outcome settles. No
+    # foreign key: SQLite can only add one by copying the table (see migration 0003).
+    parent_pk: Mapped[int | None] = mapped_column(BigId, nullable=True)
+    parent_call: Mapped[int | None] = mapped_column(sa.Integer, nullable=True)
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
 
@@ -215,16 +223,19 @@ class PendingRow(Base):
 
 
 class Invocation(Base):
-    """A function call or child-workflow start made by a step: the queue of issue 5.
+    """A function call or child-workflow start made by a step: the queue (docs/queue.md).
 
     `id` is global (what a runner names); `call_id` is the engine's per-workflow number.
-    `tenant_id` is repeated here so the queue is read per tenant without a join."""
+    `tenant_id` is repeated here so the queue is read per tenant without a join. `fence` grows
+    with every lease: only the current lease's holder may settle the invocation."""
 
     __tablename__ = "invocations"
     __table_args__ = (
         sa.UniqueConstraint("workflow_pk", "call_id"),
-        # The lease of issue 5: a tenant's queued work, highest priority first, then oldest.
-        sa.Index("ix_invocations_tenant_status_priority_id", "tenant_id", "status", "priority", "id"),
+        # The lease: a tenant's queued work, highest priority first, then oldest.
+        sa.Index("ix_invocations_lease", "tenant_id", "status", sa.desc("priority"), "id"),
+        # The sweeper: leases past their deadline, on every tenant.
+        sa.Index("ix_invocations_status_lease_expires", "status", "lease_expires"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
@@ -238,8 +249,32 @@ class Invocation(Base):
     options: Mapped[Any] = mapped_column(JSONDoc)
     rule: Mapped[str] = mapped_column(sa.String(512))
     priority: Mapped[int] = mapped_column(sa.Integer)
-    status: Mapped[str] = mapped_column(sa.String(16))  # queued | cancelled | done
+    # queued | leased | done | failed | cancelled
+    status: Mapped[str] = mapped_column(sa.String(16))
+    attempt: Mapped[int] = mapped_column(sa.Integer, server_default="1")
+    fence: Mapped[int] = mapped_column(sa.BigInteger, server_default="0")
+    available_at: Mapped[datetime | None] = mapped_column(nullable=True)  # backing off until
+    runner: Mapped[str | None] = mapped_column(sa.String(200), nullable=True)
+    leased_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    lease_expires: Mapped[datetime | None] = mapped_column(nullable=True)
+    cache_key: Mapped[str | None] = mapped_column(sa.String(64), nullable=True)
+    result: Mapped[Any | None] = mapped_column(JSONDoc, nullable=True)
+    error: Mapped[Any | None] = mapped_column(JSONDoc, nullable=True)  # the last attempt's
+    finished_at: Mapped[datetime | None] = mapped_column(nullable=True)
     created_at: Mapped[datetime]
+
+
+class Runner(Base):
+    """A runner seen leasing: which functions it serves, and when it last asked for work (so a
+    pending invocation can say that no runner serves its function)."""
+
+    __tablename__ = "runners"
+
+    tenant_id: Mapped[int] = mapped_column(
+        sa.ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True)
+    name: Mapped[str] = mapped_column(sa.String(200), primary_key=True)
+    functions: Mapped[Any] = mapped_column(JSONDoc)
+    last_seen: Mapped[datetime]
 
 
 class TraceEvent(Base):

@@ -27,7 +27,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from dataclasses import fields as dataclass_fields
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal
@@ -42,10 +42,12 @@ from emirax.engine.step import Delta
 from emirax.engine.values import FactValue
 from server.store import models as m
 from server.store.models import utcnow
+from server.store.queue import OPEN, QueueStore, Refused, refusal, waiting_reasons
 
 __all__ = [
-    "Conflict", "InvocationInfo", "NotFound", "PackageInfo", "StepHandle", "Store", "StoreError",
-    "Tenant", "TraceEntry", "VersionInfo", "WorkflowInfo", "alembic_config", "token_hash",
+    "Conflict", "InvocationInfo", "NotFound", "PackageInfo", "Refused", "StepHandle", "Store",
+    "StoreError", "Tenant", "TraceEntry", "VersionInfo", "WorkflowInfo", "alembic_config",
+    "token_hash",
 ]
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
@@ -153,6 +155,13 @@ class InvocationInfo(_Record):
     priority: int
     status: str
     created_at: datetime
+    attempt: int = 1
+    runner: str | None = None
+    leased_at: datetime | None = None
+    lease_expires: datetime | None = None
+    available_at: datetime | None = None
+    error: dict[str, Any] | None = None
+    waiting: str = ""  # why it waits, in words (docs/queue.md)
 
 
 _WORKFLOW_COLUMNS = ("id", "name", "package", "version", "status", "priority", "output", "error",
@@ -218,23 +227,26 @@ class _StateCache:
 # ── the store ──────────────────────────────────────────────────────────────────────────────────
 
 
-class Store:
+class Store(QueueStore):
     """The server's database. Thread-safe: each call takes a pooled connection of its own."""
 
-    def __init__(self, engine: sa.Engine, *, state_cache: int = 0) -> None:
+    def __init__(self, engine: sa.Engine, *, state_cache: int = 0, max_in_flight: int = 256) -> None:
         self.engine = engine
         self.dialect = engine.dialect.name
+        self.max_in_flight = max_in_flight
         self._cache = _StateCache(state_cache)
         self._sqlite_writer = threading.RLock()
 
     @classmethod
     def open(cls, url: str, *, state_cache: int = 0, busy_timeout: float = 30.0,
-             **engine_options: Any) -> Store:
+             max_in_flight: int = 256, **engine_options: Any) -> Store:
         """Open a SQLite file (`sqlite:///path.db`) or PostgreSQL (`postgresql+psycopg://...`).
 
         `state_cache` keeps that many workflow states (and their matchers) in memory between
         steps; a cached state is used only while no other process has stepped the workflow.
-        `busy_timeout` (SQLite) is how long a writer waits for the lock, in seconds."""
+        `busy_timeout` (SQLite) is how long a writer waits for the lock, in seconds.
+        `max_in_flight` is a tenant's limit of invocations leased at once, unless its own row
+        sets another."""
         parsed = sa.make_url(url)
         backend = parsed.get_backend_name()
         json_options = {"json_serializer": _compact}
@@ -251,7 +263,7 @@ class Store:
                                       **engine_options)
         else:
             raise ValueError(f"unsupported database {backend!r}: use sqlite or postgresql+psycopg")
-        return cls(engine, state_cache=state_cache)
+        return cls(engine, state_cache=state_cache, max_in_flight=max_in_flight)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -299,13 +311,15 @@ class Store:
 
     # ── tenants ────────────────────────────────────────────────────────────────────────────────
 
-    def create_tenant(self, name: str) -> tuple[int, str]:
-        """A new tenant and its token (shown once: only its hash is stored)."""
+    def create_tenant(self, name: str, max_in_flight: int | None = None) -> tuple[int, str]:
+        """A new tenant and its token (shown once: only its hash is stored). `max_in_flight`:
+        its invocations leased at once (None: the server's default)."""
         token = secrets.token_urlsafe(32)
         try:
             with self._tx(write=True) as conn:
                 result = conn.execute(TENANTS.insert().values(
-                    name=name, token_hash=token_hash(token), created_at=utcnow()))
+                    name=name, token_hash=token_hash(token), max_in_flight=max_in_flight,
+                    created_at=utcnow()))
                 return int(result.inserted_primary_key[0]), token
         except sa.exc.IntegrityError:
             raise Conflict(f"a tenant named {name!r} exists") from None
@@ -473,26 +487,35 @@ class Store:
             yield handle
 
     @contextmanager
-    def _handle(self, tenant_id: int, workflow_id: str,
-                create: tuple[str, str, str, int] | None) -> Iterator[StepHandle]:
+    def step_invocation(self, tenant_id: int, invocation_id: int) -> Iterator[StepHandle]:
+        """`step` on the workflow of one of the tenant's invocations (a runner names only the
+        invocation). NotFound when the tenant has no such invocation."""
+        with self._handle(tenant_id, None, create=None, invocation=invocation_id) as handle:
+            yield handle
+
+    @contextmanager
+    def _handle(self, tenant_id: int, workflow_id: str | None,
+                create: tuple[str, str, str, int] | None,
+                invocation: int | None = None) -> Iterator[StepHandle]:
         handle: StepHandle | None = None
         try:
             with self._tx(write=True) as conn:
                 # A row this transaction inserted is its own until the commit: no lock needed.
                 row = (self._insert_workflow(conn, tenant_id, workflow_id, *create)
-                       if create is not None else None)
+                       if create is not None and workflow_id is not None else None)
                 created = row is not None
                 if not created:
-                    row = self._lock(conn, tenant_id, workflow_id)
+                    row = self._lock(conn, tenant_id, workflow_id, invocation)
                     if row is None:
-                        raise NotFound(f"no workflow {workflow_id}")
+                        raise NotFound(f"no workflow {workflow_id}" if invocation is None
+                                       else f"no invocation {invocation}")
                 if created:
                     state = _load_state(conn, row, empty=True)
                 else:  # the cached state, unless another process stepped the workflow since
                     state = self._cache.take(row.pk, row.revision)
                     if state is None:
                         state = _load_state(conn, row)
-                handle = StepHandle(conn, tenant_id, row, state, created)
+                handle = StepHandle(self, conn, tenant_id, row, state, created)
                 yield handle
         finally:
             if handle is not None:
@@ -502,7 +525,8 @@ class Store:
             self._cache.put(row.pk, handle.revision, handle.state)
 
     def _insert_workflow(self, conn: sa.Connection, tenant_id: int, workflow_id: str, name: str,
-                         package: str, version: str, priority: int) -> Any:
+                         package: str, version: str, priority: int,
+                         parent: tuple[int, int] | None = None) -> Any:
         """The new row, or None when the tenant has a workflow with this id already."""
         now = utcnow()
         result = conn.execute(
@@ -510,19 +534,36 @@ class Store:
                 id=workflow_id, tenant_id=tenant_id, name=name, package=package, version=version,
                 status="waiting", output=None, error=None, priority=priority, next_fact=1,
                 next_call=1, next_pending=1, next_seq=1, revision=0, created_at=now,
-                updated_at=now)
+                updated_at=now, parent_pk=parent[0] if parent else None,
+                parent_call=parent[1] if parent else None)
             .on_conflict_do_nothing(index_elements=["tenant_id", "id"])
             .returning(*WORKFLOWS.c))
         return result.first()
 
-    def _lock(self, conn: sa.Connection, tenant_id: int, workflow_id: str) -> Any:
+    def _lock(self, conn: sa.Connection, tenant_id: int, workflow_id: str | None,
+              invocation: int | None = None, pk: int | None = None) -> Any:
+        """The workflow's row, locked: by public id, by the pk, or as an invocation's workflow."""
         # NO KEY UPDATE: serialises steps of this workflow, yet does not block other
         # transactions inserting rows that refer to it (a foreign key takes KEY SHARE).
-        query = sa.select(WORKFLOWS).where(WORKFLOWS.c.tenant_id == tenant_id,
-                                           WORKFLOWS.c.id == workflow_id)
+        query = sa.select(WORKFLOWS).where(WORKFLOWS.c.tenant_id == tenant_id)
+        if invocation is not None:
+            query = query.where(WORKFLOWS.c.pk == sa.select(INVOCATIONS.c.workflow_pk).where(
+                INVOCATIONS.c.id == invocation, INVOCATIONS.c.tenant_id == tenant_id)
+                .scalar_subquery())
+        elif pk is not None:
+            query = query.where(WORKFLOWS.c.pk == pk)
+        else:
+            query = query.where(WORKFLOWS.c.id == workflow_id)
         if self.dialect == "postgresql":
             query = query.with_for_update(key_share=True)
         return conn.execute(query).first()
+
+    def _nested(self, outer: StepHandle, row: Any, created: bool) -> StepHandle:
+        """A handle on another workflow in `outer`'s transaction (a child it starts, a parent
+        its end settles). Its state is read from the rows: the cache is only for top-level
+        steps, and a cached entry of this workflow is now one revision behind, so unused."""
+        state = _load_state(outer._conn, row, empty=created)
+        return StepHandle(self, outer._conn, outer._tenant_id, row, state, created)
 
     def load(self, tenant_id: int, workflow_id: str) -> WorkflowState | None:
         """The workflow's state, rebuilt from its rows (a new object, not locked); None when
@@ -547,7 +588,7 @@ class Store:
             facts = conn.execute(sa.select(FACTS.c.type, FACTS.c.fields)
                                  .where(FACTS.c.workflow_pk == row.pk)
                                  .order_by(FACTS.c.fact_id)).all()
-            queued = _queued(conn, row.pk)
+            queued = _queued(conn, row.pk, self.max_in_flight)
         doc = _workflow_info(row).to_json()
         doc["workflow"] = doc.pop("name")
         doc["facts"] = [{"type": f.type, "fields": f.fields} for f in facts]
@@ -590,7 +631,7 @@ class Store:
         """The workflow's queued invocations by call id; None for a missing workflow."""
         with self._tx(write=False) as conn:
             pk = _workflow_pk(conn, tenant_id, workflow_id)
-            return _queued(conn, pk) if pk is not None else None
+            return _queued(conn, pk, self.max_in_flight) if pk is not None else None
 
 
 # ── one step ───────────────────────────────────────────────────────────────────────────────────
@@ -602,8 +643,10 @@ class StepHandle:
     Valid only inside the `with` block. `apply` may be called more than once (a step per
     event); everything is committed together when the block ends."""
 
-    def __init__(self, conn: sa.Connection, tenant_id: int, row: Any, state: WorkflowState,
-                 created: bool) -> None:
+    def __init__(self, store: Store, conn: sa.Connection, tenant_id: int, row: Any,
+                 state: WorkflowState, created: bool) -> None:
+        self._store = store
+        self._limit = store.max_in_flight
         self._conn = conn
         self._tenant_id = tenant_id
         self._row: dict[str, Any] = row._asdict()
@@ -627,7 +670,7 @@ class StepHandle:
         doc = self.workflow.to_json()
         doc["workflow"] = doc.pop("name")
         doc["facts"] = self.state.fact_list()
-        doc["pending"] = [i.to_json() for i in _queued(self._conn, self._pk)]
+        doc["pending"] = [i.to_json() for i in _queued(self._conn, self._pk, self._limit)]
         return doc
 
     @property
@@ -635,8 +678,9 @@ class StepHandle:
         """The workflow's row as of the last `apply` (as locked, before any)."""
         return WorkflowInfo(**{name: self._row[name] for name in _WORKFLOW_COLUMNS})
 
-    def apply(self, delta: Delta) -> None:
-        """Write one delta of the engine's `step` on this handle's state."""
+    def apply(self, delta: Delta, cache_keys: dict[int, str] | None = None) -> None:
+        """Write one delta of the engine's `step` on this handle's state. `cache_keys` (call id
+        -> key) marks the new calls whose results may be reused (execution avoidance)."""
         if self._closed:
             raise StoreError("this step's transaction has ended")
         conn, pk, now = self._conn, self._pk, utcnow()
@@ -646,7 +690,7 @@ class StepHandle:
                 {"workflow_pk": pk, "key_hash": h, "key": text}
                 for h, text in map(fired_key, delta.fired)])
         _write_pending(conn, pk, delta)
-        self._write_invocations(delta, now)
+        self._write_invocations(delta, now, cache_keys or {})
         if delta.trace:
             conn.execute(TRACE.insert(), [
                 {"workflow_pk": pk, "seq": self._seq + i, "at": now, "event": event}
@@ -654,7 +698,91 @@ class StepHandle:
             self._seq += len(delta.trace)
         self._write_workflow(delta, now)
 
-    def _write_invocations(self, delta: Delta, now: datetime) -> None:
+    # ── the invocation queue (docs/queue.md) ──────────────────────────────────────────────────
+
+    @property
+    def tenant_id(self) -> int:
+        return self._tenant_id
+
+    def invocation(self, invocation_id: int, fence: int | None = None) -> Any:
+        """This workflow's invocation row, locked; with `fence`, Refused unless that lease is
+        the current one and still held."""
+        row = self._conn.execute(sa.select(INVOCATIONS).where(
+            INVOCATIONS.c.id == invocation_id, INVOCATIONS.c.workflow_pk == self._pk)
+            .with_for_update()).first()
+        if row is None:
+            raise NotFound(f"no invocation {invocation_id}")
+        if fence is not None:
+            refused = refusal(row, fence)
+            if refused is not None:
+                raise refused
+        return row
+
+    def settle(self, invocation_id: int, status: str, *, result: Any = None,
+               error: dict[str, Any] | None = None) -> None:
+        """Record how an invocation ended: done (with the result kept for execution
+        avoidance), failed (with the last error), or cancelled."""
+        self._conn.execute(INVOCATIONS.update().where(INVOCATIONS.c.id == invocation_id).values(
+            status=status, result=result, error=error, finished_at=utcnow(), lease_expires=None))
+
+    def retry(self, invocation_id: int, attempt: int, available_at: datetime,
+              error: dict[str, Any]) -> None:
+        """Queue an invocation again for `attempt`, available from `available_at`."""
+        self._conn.execute(INVOCATIONS.update().where(INVOCATIONS.c.id == invocation_id).values(
+            status="queued", attempt=attempt, available_at=available_at, error=error, runner=None,
+            leased_at=None, lease_expires=None))
+
+    def reusable(self, cache_key: str, max_age: float | None) -> tuple[bool, Any]:
+        """(True, result) when a call with this key succeeded in this workflow (no older than
+        `max_age` seconds), else (False, None): execution avoidance."""
+        i = INVOCATIONS.c
+        query = (sa.select(i.result).where(i.workflow_pk == self._pk, i.cache_key == cache_key,
+                                           i.status == "done", i.result.is_not(None))
+                 .order_by(i.id.desc()).limit(1))
+        if max_age is not None:
+            query = query.where(i.finished_at >= utcnow() - timedelta(seconds=max_age))
+        row = self._conn.execute(query).first()
+        return (True, row.result) if row is not None else (False, None)
+
+    def note(self, events: list[dict[str, Any]]) -> None:
+        """Add trace events that change no state (a failed attempt that will be retried)."""
+        if not events:
+            return
+        now = utcnow()
+        self._conn.execute(TRACE.insert(), [
+            {"workflow_pk": self._pk, "seq": self._seq + i, "at": now, "event": event}
+            for i, event in enumerate(events)])
+        self._seq += len(events)
+        self._conn.execute(WORKFLOWS.update().where(WORKFLOWS.c.pk == self._pk)
+                           .values(next_seq=self._seq))
+        self._row["next_seq"] = self._seq
+
+    def start_child(self, name: str, package: str, version: str, call_id: int) -> StepHandle:
+        """A child workflow for this workflow's `start` call, created in this transaction; its
+        id is `<parent id>:<call id>`. Step it with the handle returned."""
+        store = self._store
+        child_id = f"{self._row['id']}:{call_id}"[:255]
+        row = store._insert_workflow(self._conn, self._tenant_id, child_id, name, package,
+                                     version, self._row["priority"], parent=(self._pk, call_id))
+        if row is None:
+            raise Conflict(f"a workflow {child_id} exists")
+        return store._nested(self, row, created=True)
+
+    def parent(self) -> tuple[StepHandle, int] | None:
+        """(a handle on the parent workflow, locked in this transaction, and the call this
+        workflow settles), while the parent still waits for it; else None."""
+        pk, call = self._row.get("parent_pk"), self._row.get("parent_call")
+        if pk is None or call is None:
+            return None
+        still_open = self._conn.execute(sa.select(INVOCATIONS.c.id).where(
+            INVOCATIONS.c.workflow_pk == pk, INVOCATIONS.c.call_id == call,
+            INVOCATIONS.c.status.in_(OPEN))).first()
+        if still_open is None:
+            return None
+        row = self._store._lock(self._conn, self._tenant_id, None, pk=pk)
+        return (self._store._nested(self, row, created=False), call) if row is not None else None
+
+    def _write_invocations(self, delta: Delta, now: datetime, cache_keys: dict[int, str]) -> None:
         """Queue the new invocations and settle the ones that left the state's open calls:
         cancelled ones as the delta says, the others because a result or failure closed them."""
         conn, pk = self._conn, self._pk
@@ -669,7 +797,7 @@ class StepHandle:
                  "priority": _priority(inv.options, self._row["priority"]),
                  "status": ("cancelled" if inv.id in cancelled
                             else "queued" if inv.id in still_open else "done"),
-                 "created_at": now}
+                 "cache_key": cache_keys.get(inv.id), "created_at": now}
                 for inv in delta.invocations])
         settled = self._open - still_open
         for status, calls in (("cancelled", settled & cancelled), ("done", settled - cancelled)):
@@ -677,8 +805,8 @@ class StepHandle:
                 conn.execute(INVOCATIONS.update()
                              .where(INVOCATIONS.c.workflow_pk == pk,
                                     INVOCATIONS.c.call_id.in_(sorted(calls - new)),
-                                    INVOCATIONS.c.status == "queued")
-                             .values(status=status))
+                                    INVOCATIONS.c.status.in_(OPEN))
+                             .values(status=status, finished_at=now))
         self._open = still_open
 
     def _write_workflow(self, delta: Delta, now: datetime) -> None:
@@ -797,16 +925,22 @@ def _write_pending(conn: sa.Connection, pk: int, delta: Delta) -> None:
                                             PENDING.c.pending_id.in_(deletes)))
 
 
-def _queued(conn: sa.Connection, pk: int) -> list[InvocationInfo]:
+def _queued(conn: sa.Connection, pk: int, default_limit: int) -> list[InvocationInfo]:
+    """The workflow's open invocations (queued or leased) by call id, each saying why it waits."""
     rows = conn.execute(sa.select(INVOCATIONS)
-                        .where(INVOCATIONS.c.workflow_pk == pk, INVOCATIONS.c.status == "queued")
+                        .where(INVOCATIONS.c.workflow_pk == pk, INVOCATIONS.c.status.in_(OPEN))
                         .order_by(INVOCATIONS.c.call_id)).all()
-    return [_invocation_info(r) for r in rows]
+    if not rows:
+        return []
+    reasons = waiting_reasons(conn, rows[0].tenant_id, rows, default_limit)
+    return [_invocation_info(r, reasons.get(r.id, "")) for r in rows]
 
 
-def _invocation_info(row: Any) -> InvocationInfo:
+def _invocation_info(row: Any, waiting: str = "") -> InvocationInfo:
     return InvocationInfo(row.id, row.call_id, row.kind, row.name, row.args, row.facts,
-                          row.options, row.rule, row.priority, row.status, row.created_at)
+                          row.options, row.rule, row.priority, row.status, row.created_at,
+                          row.attempt, row.runner, row.leased_at, row.lease_expires,
+                          row.available_at, row.error, waiting)
 
 
 # ── SQLite ─────────────────────────────────────────────────────────────────────────────────────
