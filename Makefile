@@ -1,6 +1,7 @@
 # The two commands of a fresh machine (see README.md):
 #   make run    the main job: check, compile, rule-test and run the example video workflow
 #   make test   the test suite (make test-slow: with the slow tests)
+#   make quickstart  the video pipeline as a service: server, tenant, upload, runners, a workflow
 # Both create the virtual environment when it is missing and install the project into it.
 
 VENV ?= .venv
@@ -10,7 +11,7 @@ BIN := $(VENV)/bin
 # Reinstall only when the project's metadata changes; the editable install follows the sources.
 STAMP := $(VENV)/.emirax-installed
 
-.PHONY: run test test-slow install clean
+.PHONY: run test test-slow quickstart install clean
 
 run: $(STAMP)
 	@mkdir -p build
@@ -19,6 +20,9 @@ run: $(STAMP)
 	$(BIN)/emirax test tenants/media-encoding
 	$(BIN)/emirax run build/media-encoding.emxb --workflow VideoEncode \
 	    --facts tenants/media-encoding/request.json --functions tenants/media-encoding/functions.py
+
+quickstart: $(STAMP)
+	bash tenants/media-encoding/quickstart.sh
 
 # pytest's exit code 5 (no test collected) is a failure here: a suite that ran nothing is broken.
 define pytest

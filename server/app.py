@@ -125,7 +125,8 @@ class FailIn(FenceIn):
 
 
 def create_app(store: Store, *, admin_token: str, plugins: pluggy.PluginManager | None = None,
-               limits: Limits = Limits(), lease_seconds: float = 30.0) -> FastAPI:
+               limits: Limits = Limits(), lease_seconds: float = 30.0,
+               poll_cap: float | None = None) -> FastAPI:
     hooks = plugins if plugins is not None else server_plugins()
     spaces = Spaces(store)
     active: dict[tuple[int, str], tuple[float, str | None]] = {}
@@ -143,7 +144,7 @@ def create_app(store: Store, *, admin_token: str, plugins: pluggy.PluginManager 
         return version
 
     stepper = Stepper(spaces, active_version, limits=limits)
-    queue = Queue(store, spaces, stepper, lease_seconds=lease_seconds)
+    queue = Queue(store, spaces, stepper, lease_seconds=lease_seconds, poll_cap=poll_cap)
     sweeper = Sweeper(queue, every=lease_seconds / 2)
     metrics = Metrics(store)
 

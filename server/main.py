@@ -67,6 +67,7 @@ def serve(host: str = "127.0.0.1", port: int = 8080, db: str | None = None, work
     # The workers build the app from these (uvicorn starts them with an import string).
     os.environ["EMIRAX_DATABASE_URL"] = url
     os.environ["EMIRAX_ADMIN_TOKEN"] = token
+    os.environ["EMIRAX_WORKERS"] = str(workers)
     if workers > 1:
         uvicorn.run("server.main:app_from_env", factory=True, host=host, port=port,
                     workers=workers, log_level="warning")
@@ -85,8 +86,12 @@ def app_from_env() -> Any:
     _logging()
     store = Store.open(os.environ["EMIRAX_DATABASE_URL"], state_cache=10_000,  # revision-checked
                        max_in_flight=_setting("EMIRAX_MAX_IN_FLIGHT", 256, int))
+    # Worker processes on one SQLite file cannot wake each other's long polls (PostgreSQL's
+    # NOTIFY does): theirs look again every second.
+    shared_sqlite = store.dialect == "sqlite" and _setting("EMIRAX_WORKERS", 1, int) > 1
     return create_app(store, admin_token=os.environ["EMIRAX_ADMIN_TOKEN"],
-                      lease_seconds=_setting("EMIRAX_LEASE_SECONDS", 30.0, float))
+                      lease_seconds=_setting("EMIRAX_LEASE_SECONDS", 30.0, float),
+                      poll_cap=1.0 if shared_sqlite else None)
 
 
 def _setting(name: str, default: Any, kind: type) -> Any:

@@ -173,7 +173,11 @@ class Listener:
 
 class Queue:
     def __init__(self, store: Store, spaces: Any, stepper: Stepper, *,
-                 lease_seconds: float = 30.0) -> None:
+                 lease_seconds: float = 30.0, poll_cap: float | None = None) -> None:
+        """`poll_cap`: the longest a long poll sleeps before looking again. None (no cap) when
+        every step that queues work can wake it: one process, or PostgreSQL's NOTIFY. Several
+        server processes on one SQLite file have no channel between them, so they need one."""
+        self.poll_cap = poll_cap
         self.store = store
         self.spaces = spaces
         self.stepper = stepper
@@ -222,7 +226,7 @@ class Queue:
         while True:
             waiter = self.waker.register(tenant_id, functions, count)
             try:
-                leased, at_limit = await run_in_threadpool(
+                leased, at_limit, later = await run_in_threadpool(
                     self.store.lease, tenant_id, runner, functions, count,
                     lease_seconds=self.lease_seconds)
                 left = deadline - time.monotonic()
@@ -230,7 +234,8 @@ class Queue:
                     return leased
                 waiter.at_limit = at_limit
                 timeout = min(left, AT_LIMIT_RECHECK) if at_limit else left
-                later = await run_in_threadpool(self.store.next_available, tenant_id, functions)
+                if self.poll_cap is not None:
+                    timeout = min(timeout, self.poll_cap)
                 if later is not None:
                     timeout = min(timeout, max(0.0, (later - utcnow()).total_seconds()) + 0.001)
                 try:

@@ -531,3 +531,74 @@ def test_workflow_errors_are_one_line(served: Served, acme: str, tmp_path: Path)
     one_error(served.emirax("workflows", "start", WORKFLOW, "--id", "has space",
                             "--token", acme), "422")
     assert served.emirax("workflows", "get", wid, "--json", "--token", acme).json["facts"] == []
+
+
+# ── runners, the queue, and watching a workflow ────────────────────────────────────────────────
+
+WORK = """\
+package demo.work
+
+workflow Job {
+    fact Task(int n)
+    fact Done(int value)
+
+    function int work(int n) with [retries: 1]
+
+    rule 'work' {
+        match {
+            t: Task()
+            not Done()
+        }
+        action { work(t.n) }
+        reaction { v -> insert Done(value: v) }
+    }
+    rule 'done' {
+        match { d: Done() }
+        action {
+            if (d.value < 0) { fail "negative" }
+            complete(value: d.value)
+        }
+    }
+}
+"""
+
+
+def test_tenants_create_with_a_limit(served: Served) -> None:
+    run = served.emirax("tenants", "create", f"lim-{secrets.token_hex(3)}", "--max-in-flight", "3",
+                        "--json", "--token", served.admin)
+    assert run.code == 0 and run.json["max_in_flight"] == 3, run
+    refused = served.emirax("tenants", "create", "lim", "--max-in-flight", "0", "--token", served.admin)
+    assert refused.code == 2 and "--max-in-flight" in refused.stderr, refused  # a usage error
+
+
+def test_get_says_why_work_waits_and_watch_follows_a_runner_to_the_end(served: Served) -> None:
+    token = new_tenant(served, "work")
+    src = served.home / "work.emx"
+    src.write_text(WORK, encoding="utf-8")
+    bundle = served.home / "work.emxb"
+    assert served.emirax("compile", str(src), "-o", str(bundle)).code == 0
+    assert served.emirax("upload", str(bundle), "--token", token).code == 0
+    for wid, n in (("job-ok", 21), ("job-bad", -1)):
+        facts = write_facts(served.home, f"{wid}.json", [{"type": "Task", "fields": {"n": n}}])
+        assert served.emirax("workflows", "start", "demo.work.Job", "--id", wid, "--facts",
+                             str(facts), "--token", token).code == 0
+    got = served.emirax("workflows", "get", "job-ok", "--token", token)
+    assert got.code == 0 and "why it waits" in got.stdout and "no runner serves work" in got.stdout, got
+
+    module = served.home / "work_functions.py"
+    module.write_text("def work(n):\n    return n * 2\n", encoding="utf-8")
+    env = {**_base_env(served.home), "EMIRAX_SERVER": served.base, "EMIRAX_TOKEN": token}
+    runner = subprocess.Popen([sys.executable, "-m", "emirax", "runner", str(module), "--name", "cli"],
+                              env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        watched = served.emirax("workflows", "watch", "job-ok", "--token", token)
+        assert watched.code == 0, watched
+        assert summary(watched.stdout)["status"] == "completed"
+        assert json.loads(summary(watched.stdout)["output"]) == {"value": 42}
+        assert "work" in watched.stderr  # the progress bar of the function
+        failed = served.emirax("workflows", "watch", "job-bad", "--token", token)
+        assert failed.code == 1 and summary(failed.stdout)["status"] == "failed", failed
+    finally:
+        runner.terminate()
+        assert runner.wait(timeout=30) == 0  # a graceful stop

@@ -6,6 +6,7 @@
     emirax test PROJECT                  emirax/cli/test.py
     emirax serve, tenants, upload,       emirax/cli/client.py (serve imports server/ when it runs)
       workflows start|list|get|facts|trace
+    emirax runner MODULE.py ...          emirax/cli/runner.py (serves functions to a server)
 
 Exit codes (SPEC section 6): 0 ok, 1 a user error (bad rules, bad input, a failed workflow) with a
 clear message and no traceback, 2 a usage error (click's own). `main()` is the console script.
@@ -18,7 +19,7 @@ import sys
 
 import typer
 
-from emirax.cli import build, client, run, test
+from emirax.cli import build, client, run, runner, test
 from emirax.cli.output import fail_unexpected
 
 app = typer.Typer(
@@ -33,6 +34,7 @@ build.register(app)
 run.register(app)
 test.register(app)
 client.register(app)
+runner.register(app)
 
 
 def main() -> None:

@@ -6,7 +6,7 @@
     emirax upload FILE.emxb [--activate]
     emirax workflows start WORKFLOW [--id ID] [--facts FILE.json] [--priority N]
     emirax workflows list [--workflow W] [--status S] [--limit N] [--after CURSOR]
-    emirax workflows get ID | facts ID FILE.json | trace ID
+    emirax workflows get ID | facts ID FILE.json | trace ID | watch ID
 
 Every client command takes `--server` (default `$EMIRAX_SERVER`, else http://127.0.0.1:8080) and
 `--token` (default `$EMIRAX_TOKEN`; `tenants create` uses `$EMIRAX_ADMIN_TOKEN`), prints a table
@@ -17,14 +17,17 @@ by default and the server's JSON with `--json`, and turns a problem+json answer 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
 import httpx
 import typer
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TaskID,
+                           TextColumn, TimeElapsedColumn)
 from rich.table import Column, Table
 
-from emirax.cli.output import fail, out, print_json, print_summary
+from emirax.cli.output import err, fail, out, print_json, print_summary
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the server's JSON.")]
 Server = Annotated[str, typer.Option("--server", envvar="EMIRAX_SERVER", help="The server's URL.")]
@@ -78,14 +81,24 @@ def db_upgrade(
 def call(method: str, server: str, token: str, path: str, *, token_env: str = "EMIRAX_TOKEN",
          **kwargs: Any) -> Any:
     """One request; a problem answer or a connection error exits 1 with one line."""
+    with session(server, token, token_env) as client:
+        return request(client, method, path, **kwargs)
+
+
+def session(server: str, token: str, token_env: str = "EMIRAX_TOKEN") -> httpx.Client:
+    """A client for several requests (one connection), with the bearer token."""
     if not token:
         fail(f"no token: pass --token or set {token_env}")
+    return httpx.Client(base_url=server or DEFAULT_SERVER, timeout=30.0,
+                        headers={"Authorization": f"Bearer {token}"})
+
+
+def request(client: httpx.Client, method: str, path: str, **kwargs: Any) -> Any:
+    """One request on `client`; a problem answer or a connection error exits 1 with one line."""
     try:
-        with httpx.Client(base_url=server or DEFAULT_SERVER, timeout=30.0) as client:
-            reply = client.request(method, path, headers={"Authorization": f"Bearer {token}"},
-                                   **kwargs)
+        reply = client.request(method, path, **kwargs)
     except httpx.HTTPError as exc:
-        fail(f"cannot reach {server or DEFAULT_SERVER}: {exc}")
+        fail(f"cannot reach {client.base_url}: {exc}")
     if reply.status_code >= 400:
         try:
             problem = reply.json()
@@ -118,15 +131,20 @@ def create_tenant(
     name: Annotated[str, typer.Argument(help="The tenant's name (lowercase, digits, -).")],
     server: Server = DEFAULT_SERVER,
     token: Annotated[str, typer.Option("--token", envvar="EMIRAX_ADMIN_TOKEN", help="The admin token.")] = "",
+    max_in_flight: Annotated[int | None, typer.Option("--max-in-flight", min=1, help="Its invocations leased at once (default: the server's).")] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Create a tenant; prints its token (shown once)."""
-    doc = call("POST", server, token, "/v1/tenants", json={"name": name},
-               token_env="EMIRAX_ADMIN_TOKEN")
+    body: dict[str, Any] = {"name": name}
+    if max_in_flight is not None:
+        body["max_in_flight"] = max_in_flight
+    doc = call("POST", server, token, "/v1/tenants", json=body, token_env="EMIRAX_ADMIN_TOKEN")
     if as_json:
         print_json(doc)
     else:
-        print_summary(f"tenant {doc['name']} created", [("id", str(doc["id"])), ("token", doc["token"])])
+        print_summary(f"tenant {doc['name']} created", [
+            ("id", str(doc["id"])), ("token", doc["token"]),
+            ("max in flight", str(doc.get("max_in_flight", "")))])
 
 
 def upload(
@@ -259,7 +277,63 @@ def _show(doc: dict[str, Any], as_json: bool) -> None:
         rows.append(("output", json.dumps(doc["output"], ensure_ascii=False)))
     if doc.get("error") is not None:
         rows.append(("error", json.dumps(doc["error"], ensure_ascii=False)))
-    rows += [("facts", str(len(doc.get("facts", [])))),
-             ("pending", str(len(doc.get("invocations", []))))]
+    pending = doc.get("pending", [])
+    rows += [("facts", str(len(doc.get("facts", [])))), ("pending", str(len(pending)))]
     print_summary(f"workflow {doc['id']}", rows)
+    if pending:
+        table = Table("call", "function", "status", "attempt", Column("why it waits", overflow="fold"))
+        for inv in pending:
+            table.add_row(str(inv["call_id"]), inv["name"], inv["status"], str(inv.get("attempt", "")),
+                          inv.get("waiting", ""))
+        out.print(table)
+
+
+@workflows.command("watch")
+def watch(workflow_id: str, server: Server = DEFAULT_SERVER, token: Token = "",
+          timeout: Annotated[float, typer.Option(min=0, help="Give up after this many seconds.")] = 3600.0,
+          as_json: JsonOption = False) -> None:
+    """Follow a workflow until it is done: its invocations per function as they return, then
+    the workflow. Exit 1 when it fails."""
+    view = _follow(workflow_id, server, token, timeout)
+    _show(view, as_json)
+    if view["status"] == "failed":
+        raise typer.Exit(1)
+
+
+def _follow(workflow_id: str, server: str, token: str, timeout: float) -> dict[str, Any]:
+    """Poll the trace and the workflow (a few times a second) with a progress bar per function,
+    until the workflow completed, failed, or waits with nothing pending."""
+    calls: dict[int, str] = {}
+    after, deadline = 0, time.monotonic() + timeout
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn())
+    with session(server, token) as client, Progress(*columns, console=err, transient=False) as bar:
+        tasks: dict[str, TaskID] = {}
+        status = bar.add_task(f"{workflow_id}: starting", total=None)
+        while True:
+            events = request(client, "GET", f"/v1/workflows/{workflow_id}/trace",
+                             params={"after": after, "limit": 10_000})["events"]
+            for entry in events:
+                after = entry["seq"]
+                _progress(entry["event"], calls, tasks, bar)
+            view = request(client, "GET", f"/v1/workflows/{workflow_id}")
+            bar.update(status, description=f"{workflow_id}: {view['status']}")
+            if view["status"] in ("completed", "failed") or (view["status"] == "waiting" and not view["pending"]):
+                bar.update(status, total=1, completed=1)
+                return view
+            if time.monotonic() > deadline:
+                fail(f"{workflow_id} is still {view['status']} after {timeout:g} s")
+            time.sleep(0.25)
+
+
+def _progress(event: dict[str, Any], calls: dict[int, str], tasks: dict[str, TaskID],
+              bar: Progress) -> None:
+    kind = event.get("event")
+    if kind == "invoke":
+        name = calls[event["call"]] = event["name"]
+        if name not in tasks:
+            tasks[name] = bar.add_task(name, total=0)
+        bar.update(tasks[name], total=bar.tasks[tasks[name]].total + 1)
+    elif kind in ("result", "failure", "cancel") and event.get("call") in calls:
+        bar.advance(tasks[calls.pop(event["call"])])
 

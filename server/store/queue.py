@@ -110,9 +110,12 @@ class QueueStore:
         raise NotImplementedError
 
     def lease(self, tenant_id: int, runner: str, functions: Sequence[str], count: int, *,
-              lease_seconds: float) -> tuple[list[Leased], bool]:
+              lease_seconds: float) -> tuple[list[Leased], bool, datetime | None]:
         """Lease up to `count` of the tenant's queued calls of `functions`, highest priority
-        first, then oldest; returns them and whether the tenant is at its in-flight limit."""
+        first, then oldest. Returns them, whether the tenant is at its in-flight limit, and
+        (when nothing was leased) when the earliest backing-off one becomes available: read in
+        the same transaction, at the same `now`, so no invocation can become available unseen
+        between the two."""
         now = utcnow()
         i = INVOCATIONS.c
         with self._tx(write=True) as conn:
@@ -122,7 +125,7 @@ class QueueStore:
             cap, in_flight = _in_flight(conn, tenant_id, self.max_in_flight)
             room = cap - in_flight
             if room <= 0:
-                return [], True
+                return [], True, None
             picked = (sa.select(i.id)
                       .where(i.tenant_id == tenant_id, i.status == "queued", i.kind == "call",
                              i.name.in_(list(functions)),
@@ -137,7 +140,10 @@ class QueueStore:
                 .returning(i.id, i.workflow_pk, i.call_id, i.name, i.args, i.options, i.attempt,
                            i.fence, i.lease_expires, i.priority, i.created_at)).all()
             if not rows:
-                return [], False
+                later = conn.execute(sa.select(sa.func.min(i.available_at)).where(
+                    i.tenant_id == tenant_id, i.status == "queued", i.name.in_(list(functions)),
+                    i.available_at > now)).scalar()
+                return [], False, later
             short = [(r.id, _lease_deadline(now, now, r.options, lease_seconds)) for r in rows
                      if attempt_deadline(now, r.options) is not None]
             short = [(rid, d) for rid, d in short if d < now + timedelta(seconds=lease_seconds)]
@@ -152,7 +158,7 @@ class QueueStore:
                          r.name, r.args, r.attempt, r.options,
                          deadlines.get(r.id, r.lease_expires), r.created_at)
                   for r in sorted(rows, key=lambda r: (-r.priority, r.id))]
-        return leased, len(rows) >= room
+        return leased, len(rows) >= room, None
 
     def heartbeat(self, tenant_id: int, invocation_id: int, fence: int, *,
                   lease_seconds: float) -> datetime:
@@ -197,14 +203,6 @@ class QueueStore:
         with self._tx(write=False) as conn:
             return conn.execute(sa.select(sa.func.min(i.lease_expires))
                                 .where(i.status == "leased")).scalar()
-
-    def next_available(self, tenant_id: int, functions: Sequence[str]) -> datetime | None:
-        """When the earliest backing-off invocation of these functions becomes available."""
-        i = INVOCATIONS.c
-        with self._tx(write=False) as conn:
-            return conn.execute(sa.select(sa.func.min(i.available_at)).where(
-                i.tenant_id == tenant_id, i.status == "queued", i.name.in_(list(functions)),
-                i.available_at > utcnow())).scalar()
 
     def seen_runner(self, tenant_id: int, name: str, functions: Sequence[str]) -> None:
         """Record that runner `name` asked for work for `functions` just now."""
