@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import heapq
 import importlib.util
-import json
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -31,6 +30,7 @@ from typing import Any
 from emirax.engine.program import EngineError, InputError, Program, Workflow
 from emirax.engine.state import WorkflowState
 from emirax.engine.step import AddFacts, Delta, Failure, Invocation, Limits, Result, Start, step
+from emirax import runner
 from emirax.errors import EmiraxError
 
 __all__ = ["FunctionsError", "LocalRun", "Outcome", "backoff_seconds", "load_functions"]
@@ -57,9 +57,7 @@ def load_functions(path: str | Path) -> dict[str, Callable[..., Any]]:
         spec.loader.exec_module(module)
     except Exception as exc:  # the user's module: any error it raises is theirs to see
         raise FunctionsError(f"{path}: importing it raised {type(exc).__name__}: {exc}") from None
-    from emirax.runner import functions_of
-
-    return functions_of(module)
+    return runner.functions_of(module)
 
 
 @dataclass
@@ -212,7 +210,7 @@ class LocalRun:
             queue.sort(key=lambda w: (w[0], w[1].id))
             flow_id, inv = queue.pop(0)
             attempt = self._attempts.get(inv.id, 1)
-            outcome = self._call_once(inv)
+            outcome = self._call_once(inv, flow_id, attempt)
             queue += self._settle(flow_id, inv, attempt, outcome)
             if not queue and not self.retries:
                 queue += self._unfinished_children()
@@ -229,8 +227,9 @@ class LocalRun:
                 for flow_id, inv in queue:
                     timeout = inv.options.get("timeout")
                     deadline = now + timeout if timeout else None
-                    fut = pool.submit(self._call_once, inv)
-                    running[fut] = (flow_id, inv, self._attempts.get(inv.id, 1), deadline)
+                    attempt = self._attempts.get(inv.id, 1)
+                    fut = pool.submit(self._call_once, inv, flow_id, attempt)
+                    running[fut] = (flow_id, inv, attempt, deadline)
                 queue = []
                 if not running and not self.retries:
                     queue = self._unfinished_children()
@@ -249,40 +248,37 @@ class LocalRun:
                 for fut, (flow_id, inv, attempt, deadline) in list(running.items()):
                     if deadline is not None and deadline <= now:
                         del running[fut]  # the thread finishes on its own; its result is dropped
-                        late = ("error", "Timeout",
-                                f"timed out after {inv.options['timeout']:g} s")
+                        late = runner.Outcome.failure(
+                            "Timeout", f"timed out after {inv.options['timeout']:g} s")
                         queue += self._settle(flow_id, inv, attempt, late)
 
-    def _call_once(self, inv: Invocation) -> tuple[str, Any, Any]:
-        """Run one attempt: ("ok", value, None) or ("error", type, message)."""
-        fn = self.functions.get(inv.name)
-        if fn is None:
-            return ("error", "NotFound", f"the functions module defines no '{inv.name}'")
+    def _call_once(self, inv: Invocation, flow_id: int, attempt: int) -> runner.Outcome:
+        """Run one attempt as a runner would: `emirax.runner.current()` names the invocation, a
+        `Permanent` error skips the retries, a result must be JSON data."""
+        flow = self.flows[flow_id]
+        name = f"{flow.workflow.short}#{flow.id}"
+        token = runner._current.set(runner.Invocation(
+            inv.id, f"{name}:{inv.id}", name, inv.name, attempt, inv.options))
         try:
-            value = fn(*inv.args)
-        except Exception as exc:  # the function's own failure is the invocation's failure
-            return ("error", type(exc).__name__, str(exc) or type(exc).__name__)
-        try:
-            json.dumps(value, allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            return ("error", "ResultError", f"the result of {inv.name} is not JSON data: {exc}")
-        return ("ok", value, None)
+            return runner.call(self.functions.get(inv.name), inv.name, inv.args)
+        finally:
+            runner._current.reset(token)
 
     def _settle(self, flow_id: int, inv: Invocation, attempt: int,
-                outcome: tuple[str, Any, Any]) -> list[tuple[int, Invocation]]:
+                outcome: runner.Outcome) -> list[tuple[int, Invocation]]:
         """Apply one attempt's outcome: a result, a retry, or (after the last) a failure."""
         flow = self.flows[flow_id]
         self.calls += 1
-        kind, a, b = outcome
-        if kind == "ok":
+        if outcome.ok:
             self._emit(flow, {"event": "returned", "call": inv.id, "function": inv.name,
                               "attempt": attempt})
             try:
-                return self._step(flow, Result(inv.id, a))
+                return self._step(flow, Result(inv.id, outcome.result))
             except InputError as exc:
-                outcome = ("error", "ResultError", str(exc))
-                kind, a, b = outcome
-        retries = int(inv.options.get("retries") or 0)
+                outcome = runner.Outcome.failure("ResultError", str(exc))
+        assert outcome.error is not None
+        a, b = outcome.error["type"], outcome.error["message"]
+        retries = int(inv.options.get("retries") or 0) if outcome.retry else 0
         self._emit(flow, {"event": "raised", "call": inv.id, "function": inv.name,
                           "attempt": attempt, "type": a, "message": b})
         if attempt <= retries and flow.state.status != "failed" and inv.id in flow.state.calls:

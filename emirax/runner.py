@@ -121,8 +121,8 @@ _current: contextvars.ContextVar[Invocation | None] = contextvars.ContextVar(
 
 
 def current() -> Invocation | None:
-    """The invocation the calling function runs for, under a runner; None anywhere else (threads a
-    function starts itself do not inherit it: pass it along)."""
+    """The invocation the calling function runs for, under a runner or `emirax run`; None
+    anywhere else (threads a function starts itself do not inherit it: pass it along)."""
     return _current.get()
 
 

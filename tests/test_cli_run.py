@@ -183,6 +183,24 @@ def test_error_section_gets_attempts_after_the_last_retry(tmp_path: Path) -> Non
     assert {"type": "Broke", "fields": {"why": "down", "attempts": 3}} in doc["facts"]
 
 
+def test_a_permanent_error_skips_the_retries_and_current_names_the_invocation(tmp_path: Path) -> None:
+    """`emirax run` calls functions as a runner does: `Permanent` is not retried, and
+    `emirax.runner.current()` gives the invocation's key and attempt."""
+    rules = write(tmp_path / "flaky.emx", FLAKY)
+    fns = write(tmp_path / "fns.py", (
+        "from emirax.runner import Permanent, current\n"
+        "def wobbly(name):\n"
+        "    inv = current()\n"
+        "    raise Permanent(f'{inv.key} attempt {inv.attempt}')\n"
+        "def slow(name):\n    return 'x'\n"))
+    proc = emirax("run", str(rules), "-w", "Flaky", "--facts",
+                  str(facts_file(tmp_path, [{"type": "Go", "fields": {"name": "wobbly"}}])),
+                  "--functions", str(fns), "--json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    broke = [f for f in json.loads(proc.stdout)["facts"] if f["type"] == "Broke"]
+    assert broke == [{"type": "Broke", "fields": {"why": "Flaky#1:1 attempt 1", "attempts": 1}}]
+
+
 def test_a_failed_workflow_exits_1_with_the_rule_and_position(tmp_path: Path) -> None:
     fns = write(tmp_path / "functions.py", MEDIA_FUNCTIONS.replace(
         'def split(source, chunks):\n    return', 'def split(source, chunks):\n    return []\n    return'))
