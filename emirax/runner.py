@@ -44,7 +44,8 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from queue import Empty, SimpleQueue
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from types import ModuleType
@@ -281,6 +282,63 @@ class _Link:
             log.info("server reachable again (%s)", self.server)
 
 
+class _Batcher:
+    """Results that finish together go to the server together: one `POST /v1/invocations/
+    complete` for all the results ready when the previous report returns (the server applies a
+    workflow's results in one step). Nothing waits to fill a batch: a lone result goes alone,
+    at once. A batch the server did not answer is sent again one result at a time (each with
+    its own retries), so batching never changes what is reported."""
+
+    def __init__(self, http: _Http) -> None:
+        self._http = http
+        self._items: SimpleQueue[tuple[int, dict[str, Any], Future[Answer | None]] | None] = SimpleQueue()
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name="emirax-report", daemon=True)
+        self._thread.start()
+
+    def send(self, invocation_id: int, body: dict[str, Any]) -> Answer | None:
+        """The answer for this result, or None: send it alone (`Runner._send`)."""
+        if self._closed:
+            return None
+        done: Future[Answer | None] = Future()
+        self._items.put((invocation_id, body, done))
+        return done.result()
+
+    def close(self) -> None:
+        self._closed = True
+        self._items.put(None)
+
+    def _loop(self) -> None:
+        while (first := self._items.get()) is not None:
+            batch = [first]
+            while len(batch) < MAX_BATCH:
+                try:
+                    item = self._items.get_nowait()
+                except Empty:
+                    break
+                if item is None:
+                    self._items.put(None)  # end after this batch
+                    break
+                batch.append(item)
+            if len(batch) == 1:
+                first[2].set_result(None)
+                continue
+            self._post(batch)
+
+    def _post(self, batch: list[tuple[int, dict[str, Any], Future[Answer | None]]]) -> None:
+        answer = self._http.post("/v1/invocations/complete", {
+            "results": [{"id": i, **body} for i, body, _ in batch]})
+        found = (answer.body or {}).get("results") if answer.status == 200 else None
+        if not isinstance(found, list) or len(found) != len(batch):
+            for _, _, done in batch:
+                done.set_result(None)
+            return
+        for (_, _, done), doc in zip(batch, found, strict=True):
+            doc = doc if isinstance(doc, dict) else {}
+            refused = doc.get("applied") is False and doc.get("reason")
+            done.set_result(Answer(409 if refused else 200, doc, asked=answer.asked))
+
+
 # ── the runner ─────────────────────────────────────────────────────────────────────────────────
 
 LEASED, RUNNING, REPORTING, RELEASING = "leased", "running", "reporting", "releasing"
@@ -391,6 +449,7 @@ class Runner:
         self._started = True
         # The long poll must end on the server's side first: the client waits 10 s longer.
         self._http = _Http(self.server, self._token, self.wait + 10.0, self._transport)
+        self._batcher = _Batcher(self._http)
         self._users = 2  # the shutdown and the leasing thread (see _last_out)
         self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="emirax-fn")
         self._leaser = threading.Thread(target=self._lease_loop, name="emirax-lease", daemon=True)
@@ -441,6 +500,7 @@ class Runner:
             self._users -= 1
             last = self._users == 0
         if last:
+            self._batcher.close()
             self._http.close()
 
     def _wait_for_running(self, end: float) -> list[_Job]:
@@ -601,6 +661,11 @@ class Runner:
     def _send(self, job: _Job, route: str, body: dict[str, Any]) -> tuple[Answer, bool] | None:
         """POST until an answer that is not a server error: (the answer, whether an earlier try
         may have reached the server), or None when giving up (see `_give_up`)."""
+        if route == "complete":
+            batched = self._batcher.send(job.info.id, body)
+            if batched is not None:
+                self._link.up(batched)
+                return batched, False
         backoff = Backoff()
         tried = False
         while True:

@@ -33,7 +33,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from emirax.bundle import MAX_BUNDLE_BYTES, load_bundle
-from emirax.engine.program import EngineError, InputError, Workflow
+from emirax.engine.program import EngineError, InputError
 from emirax.engine.state import WorkflowState
 from emirax.engine.step import AddFacts, Limits, Reevaluate, Start, step
 from emirax.errors import EmiraxError
@@ -109,6 +109,14 @@ class FenceIn(BaseModel):
 
 class CompleteIn(FenceIn):
     result: Any = None
+
+
+class ResultIn(CompleteIn):
+    id: int = Field(ge=1)
+
+
+class ResultsIn(BaseModel):
+    results: list[ResultIn] = Field(min_length=1, max_length=100)
 
 
 class ErrorIn(BaseModel):
@@ -402,6 +410,20 @@ def create_app(store: Store, *, admin_token: str, plugins: pluggy.PluginManager 
         """Report a result: applied once, by the holder of the current lease."""
         return settle("done", tenant_id, invocation_id, lambda: queue.complete(
             tenant_id, invocation_id, body.fence, body.result))
+
+    @app.post("/v1/invocations/complete")
+    def complete_many(body: ResultsIn, tenant_id: Tenant) -> dict[str, Any]:
+        """Report several results at once (a runner's micro-batch): the results for one
+        workflow are applied in one step; each gets its own answer, as `complete` would give
+        it (`applied`, or `reason` for one that is not applied)."""
+        ids = [r.id for r in body.results]
+        if len(set(ids)) != len(ids):
+            raise Problem(422, "Invalid request", "an invocation appears twice in the batch")
+        answers = queue.complete_many(tenant_id, [(r.id, r.fence, r.result) for r in body.results])
+        for answer in answers:
+            outcome = "done" if answer["applied"] else f"refused_{answer.get('reason', 'result')}"
+            metrics.invocation(tenant_id, outcome)
+        return {"results": answers}
 
     @app.post("/v1/invocations/{invocation_id}/fail")
     def fail(invocation_id: int, body: FailIn, tenant_id: Tenant) -> dict[str, Any]:

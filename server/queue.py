@@ -35,9 +35,9 @@ from emirax.engine.program import InputError, Workflow
 from emirax.engine.step import Failure, Result
 from emirax.local import backoff_seconds
 from server.steps import Stepper, Work
-from server.store import NotFound, Refused, StepHandle, Store
+from server.store import NotFound, StepHandle, Store
 from server.store.models import utcnow
-from server.store.queue import Leased, attempt_deadline
+from server.store.queue import Leased, attempt_deadline, refusal
 
 __all__ = ["CHANNEL", "Queue", "Sweeper", "Waker"]
 
@@ -258,7 +258,7 @@ class Queue:
                                     lease_seconds=self.lease_seconds)
 
     def release(self, tenant_id: int, invocation_id: int, fence: int) -> None:
-        _, name = self.store.release(tenant_id, invocation_id, fence)
+        name = self.store.release(tenant_id, invocation_id, fence)
         self.waker.notify(tenant_id, Counter({name: 1}))
         self.waker.freed(tenant_id)
 
@@ -266,24 +266,88 @@ class Queue:
 
     def complete(self, tenant_id: int, invocation_id: int, fence: int, result: Any) -> dict[str, Any]:
         """Apply a result: the reaction runs in this step. A result the engine refuses (not
-        data) is a failed attempt instead."""
-        work = Work()
-        retry_at = None
-        with self.store.step_invocation(tenant_id, invocation_id) as tx:
-            row = tx.invocation(invocation_id, fence)
-            wf = self._workflow(tx)
-            try:
-                self.stepper.run(tx, wf, Result(row.call_id, result), work)
-                tx.settle(row.id, "done", result=result)
-                answer: dict[str, Any] = {"applied": True}
-            except InputError as exc:
-                error = {"type": "ResultError", "message": str(exc)}
-                retry_at = self._attempt_failed(tx, wf, row, error, True, work)
-                answer = {"applied": False, "error": error, "retry_at": _iso(retry_at)}
-            self.publish(tx, work, retry_at)
-            answer.update(workflow=tx.workflow.id, status=tx.state.status)
-        self._after(tenant_id, work, retry_at)
+        data) is a failed attempt instead. NotFound or Refused when it cannot be applied."""
+        [answer] = self._complete_group(tenant_id, [(invocation_id, fence, result)], strict=True)
+        answer.pop("id")
         return answer
+
+    def complete_many(self, tenant_id: int,
+                      items: list[tuple[int, int, Any]]) -> list[dict[str, Any]]:
+        """Apply several results (invocation id, fence, result), an answer each, in order:
+        the results of one workflow in ONE step (and one transaction), as a batch of events;
+        different workflows one after another, in workflow order."""
+        where = self.store.invocation_workflows(tenant_id, [i for i, _, _ in items])
+        answers: dict[int, dict[str, Any]] = {}
+        groups: dict[int, list[tuple[int, int, Any]]] = {}
+        for item in items:
+            if item[0] in where:
+                groups.setdefault(where[item[0]], []).append(item)
+            else:
+                answers[item[0]] = {"id": item[0], "applied": False, "reason": "not_found",
+                                    "detail": f"no invocation {item[0]}"}
+        for pk in sorted(groups):
+            try:
+                for answer in self._complete_group(tenant_id, groups[pk]):
+                    answers[answer["id"]] = answer
+            except (NotFound, LookupError) as exc:
+                for inv_id, _, _ in groups[pk]:
+                    answers[inv_id] = {"id": inv_id, "applied": False, "reason": "not_found",
+                                       "detail": str(exc)}
+        return [answers[i] for i, _, _ in items]
+
+    def _complete_group(self, tenant_id: int, items: list[tuple[int, int, Any]], *,
+                        strict: bool = False) -> list[dict[str, Any]]:
+        """Results for invocations of ONE workflow, in one transaction. `strict` (one result):
+        raise NotFound/Refused instead of answering them."""
+        work = Work()
+        retry_ats: list[datetime] = []
+        answers: list[dict[str, Any]] = []
+        with self.store.step_invocation(tenant_id, items[0][0]) as tx:
+            rows = tx.invocations([i for i, _, _ in items])
+            good = []
+            for inv_id, fence, result in items:
+                row = rows.get(inv_id)
+                refused = refusal(row, fence) if row is not None else None
+                if strict and (row is None or refused is not None):
+                    raise refused or NotFound(f"no invocation {inv_id}")
+                if row is None or refused is not None:
+                    answers.append({"id": inv_id, "applied": False,
+                                    "reason": refused.reason if refused else "not_found",
+                                    "detail": str(refused or f"no invocation {inv_id}")})
+                else:
+                    good.append((row, result))
+            if good:
+                wf = self._workflow(tx)
+                try:
+                    tx.record_results({row.call_id: result for row, result in good})
+                    self.stepper.run(tx, wf, [Result(r.call_id, v) for r, v in good], work)
+                    answers += [{"id": row.id, "applied": True} for row, _ in good]
+                except InputError:  # one result is not data: apply them one at a time
+                    answers += self._one_by_one(tx, wf, good, work, retry_ats)
+            later = min(retry_ats) if retry_ats else None
+            self.publish(tx, work, later)
+            for answer in answers:
+                answer.update(workflow=tx.workflow.id, status=tx.state.status)
+        self._after(tenant_id, work, later)
+        return answers
+
+    def _one_by_one(self, tx: StepHandle, wf: Workflow, good: list[tuple[Any, Any]], work: Work,
+                    retry_ats: list[datetime]) -> list[dict[str, Any]]:
+        answers: list[dict[str, Any]] = []
+        for row, result in good:
+            try:
+                tx.record_results({row.call_id: result}, replace=True)
+                self.stepper.run(tx, wf, Result(row.call_id, result), work)
+                answers.append({"id": row.id, "applied": True})
+            except InputError as exc:
+                tx.record_results({}, replace=True)
+                error = {"type": "ResultError", "message": str(exc)}
+                at = self._attempt_failed(tx, wf, row, error, True, work)
+                if at is not None:
+                    retry_ats.append(at)
+                answers.append({"id": row.id, "applied": False, "error": error,
+                                "retry_at": _iso(at)})
+        return answers
 
     def fail(self, tenant_id: int, invocation_id: int, fence: int, error: dict[str, Any],
              retry: bool = True) -> dict[str, Any]:
@@ -336,7 +400,7 @@ class Queue:
                       "attempt": row.attempt, "runner": row.runner, **error,
                       "retry_at": at.isoformat()}])
             return at
-        tx.settle(row.id, "failed", error=error)
+        tx.settle(row, "failed", error=error)
         self.stepper.run(tx, wf, Failure(row.call_id, str(error.get("message", "")),
                                          str(error.get("type", "FunctionError")), row.attempt), work)
         return None
@@ -383,7 +447,7 @@ class Sweeper:
         done = 0
         while not self.stopping.is_set():
             expired = self.queue.store.expired_leases(100)
-            settled = sum(self.queue.expire(t, i, f) for t, _, i, f in expired)
+            settled = sum(self.queue.expire(t, i, f) for t, i, f in expired)
             done += settled
             if len(expired) < 100 or not settled:
                 return done

@@ -108,12 +108,14 @@ class Stepper:
         wf = self.spaces.workflow(tx.tenant_id, name, version) if version else None
         if wf is None:
             return [Failure(call, f"no workflow {name} in an active bundle", "StartError")]
-        child = tx.start_child(wf.name, package, str(version), call)
-        try:
-            delta = self.run(child, wf, Start(facts), work, depth + 1)
+        try:  # checked before the child's row exists, so a refused start leaves no orphan
+            checked = [{"type": f["type"], "fields": wf.make_fact(f["type"], f["fields"])}
+                       for f in facts]
         except (InputError, EngineError) as exc:
             return [Failure(call, f"starting {name}: {exc}", "StartError")]
-        return _outcome(call, delta, child)
+        child = tx.start_child(wf.name, package, str(version), call)
+        self.run(child, wf, Start(checked), work, depth + 1)
+        return _outcome(call, child)
 
     def _settle_parent(self, tx: StepHandle, work: Work) -> None:
         """A child that ended settles its parent's call, in this transaction; so does its
@@ -126,12 +128,12 @@ class Stepper:
             wf = self.spaces.workflow(parent.tenant_id, parent.state.workflow, parent.version)
             if wf is None:
                 return
-            events = _outcome(call, None, tx)
+            events = _outcome(call, tx)
             self.run(parent, wf, events, work, depth=1)  # depth 1: settled here, not recursively
             tx = parent
 
 
-def _outcome(call: int, delta: Delta | None, child: StepHandle) -> list[Event]:
+def _outcome(call: int, child: StepHandle) -> list[Event]:
     """The parent's event for a child that ended: its output, or its error; [] while it runs."""
     st = child.state
     if st.status == "completed":

@@ -398,3 +398,33 @@ def test_a_recorded_result_is_reused_on_re_evaluation(server: Server, bundles: d
         assert view["pending"] == [] and lease(c, ["work"]) == []  # no runner was asked again
         events = [e["event"] for e in c.get("/v1/workflows/w1/trace").json()["events"]]
         assert {"event": "reused", "call": 2, "function": "work"} in events
+
+
+def test_a_batch_of_results_is_applied_with_an_answer_each(server: Server, bundles: dict[str, bytes]) -> None:
+    with tenant(server, bundles) as c, tenant(server, bundles) as other:
+        start(c, "w1", ("a", 1), ("b", 2), ("c", 3))
+        start(c, "w2", ("d", 4))
+        start(other, "x", ("e", 5))
+        held = lease(c, ["work"], n=4)
+        [foreign] = lease(other, ["work"])
+        by_args = {inv["args"][0]: inv for inv in held}
+        stale = {**by_args["c"], "fence": by_args["c"]["fence"] + 7}
+        batch = [by_args["a"], by_args["d"], by_args["b"], stale, foreign]
+        r = c.post("/v1/invocations/complete", json={"results": [
+            {"id": i["id"], "fence": i["fence"], "result": 10} for i in batch]})
+        assert r.status_code == 200, r.text
+        answers = r.json()["results"]
+        assert [a["id"] for a in answers] == [i["id"] for i in batch]
+        assert [a["applied"] for a in answers] == [True, True, True, False, False]
+        assert answers[3]["reason"] == "stale" and answers[4]["reason"] == "not_found"
+        assert c.get("/v1/workflows/w2").json()["output"] == {"total": 10}
+        w1 = c.get("/v1/workflows/w1").json()
+        assert w1["status"] == "running" and [p["name"] for p in w1["pending"]] == ["work"]
+        fires = [e["event"] for e in c.get("/v1/workflows/w1/trace").json()["events"]]
+        assert sum(e["event"] == "result" for e in fires) == 2
+        assert complete(c, by_args["c"], 10).json()["applied"] is True
+        assert c.get("/v1/workflows/w1").json()["output"] == {"total": 30}
+        assert other.get("/v1/workflows/x").json()["pending"][0]["status"] == "leased"  # untouched
+        dup = c.post("/v1/invocations/complete", json={"results": [
+            {"id": 1, "fence": 1, "result": 1}, {"id": 1, "fence": 1, "result": 1}]})
+        assert dup.status_code == 422

@@ -139,6 +139,7 @@ class FakeServer:
         self.plan: dict[str, list[Any]] = {}
         self.on_lease: Callable[[], None] | None = None
         self.down_until = 0.0  # until then every request finds no server
+        self.batches: list[list[int]] = []  # the ids of each batch of results
         self.lock = threading.Lock()
 
     def transport(self) -> httpx.MockTransport:
@@ -154,6 +155,8 @@ class FakeServer:
         if time.monotonic() < self.down_until:
             time.sleep(0.01)
             raise httpx.ConnectError("Connection refused")
+        if path == "/v1/invocations/complete":
+            return self.complete_batch(body)
         with self.lock:
             self.calls.append((path, body))
             planned = self.plan.get(path)
@@ -172,6 +175,28 @@ class FakeServer:
         if path.endswith("/release"):
             return httpx.Response(200, json={"released": True})
         return httpx.Response(200, json={"applied": True, "workflow": "wf", "status": "running"})
+
+    def complete_batch(self, body: dict[str, Any]) -> httpx.Response:
+        """A batch of results: each recorded and answered as its own `complete` would be (a
+        planned batch answer, under the batch path, comes first)."""
+        with self.lock:
+            self.batches.append([item["id"] for item in body["results"]])
+            planned = self.plan.get("/v1/invocations/complete")
+            step = planned.pop(0) if planned else None
+        if step is not None:
+            return step
+        answers = []
+        for item in body["results"]:
+            path = f"/v1/invocations/{item['id']}/complete"
+            with self.lock:
+                self.calls.append((path, {k: v for k, v in item.items() if k != "id"}))
+                planned = self.plan.get(path)
+                one = planned.pop(0) if planned else httpx.Response(200, json={"applied": True})
+            doc = one.json()
+            if one.status_code == 409:
+                doc = {"applied": False, "reason": doc.get("reason")}
+            answers.append({"id": item["id"], **doc})
+        return httpx.Response(200, json={"results": answers})
 
     def lease(self, body: dict[str, Any]) -> httpx.Response:
         assert 1 <= body["max"] <= 100 and body["functions"] and body["runner"]
@@ -276,6 +301,37 @@ def test_it_leases_only_for_free_slots() -> None:
     run.until(lambda: len(server.sent("/complete")) == 7)
     run.stop()
     assert all(b["max"] <= 2 for _, b in server.sent("/lease"))
+
+
+def test_results_that_finish_together_are_reported_together(logs: Any) -> None:
+    gate = threading.Event()
+    server = FakeServer(*[inv(i, "f", []) for i in range(1, 9)])
+    server.plan["/v1/invocations/5/complete"] = [refused(409, "stale")]
+    run = Running(server, {"f": lambda: gate.wait(10) and "r"}, concurrency=8, batch=8)
+    run.until(lambda: run.runner.running == 8)
+    gate.set()
+    run.until(lambda: len(server.sent("/complete")) == 8)
+    run.stop()
+    batched = [i for b in server.batches for i in b]
+    assert server.batches and len(batched) == len(set(batched))  # batched, never twice
+    assert sorted(p for p, _ in server.sent("/complete")) == sorted(
+        f"/v1/invocations/{i}/complete" for i in range(1, 9))  # each result reported once
+    text = lines(logs)
+    assert any("invocation 5 f" in line and line.endswith("result not applied: stale") for line in text)
+    assert sum(line.endswith(" ms") and "ok in" in line for line in text) == 7
+
+
+def test_a_batch_the_server_does_not_take_is_sent_one_by_one() -> None:
+    gate = threading.Event()
+    server = FakeServer(*[inv(i, "f", []) for i in range(1, 5)])
+    server.plan["/v1/invocations/complete"] = [httpx.Response(503)] * 10
+    run = Running(server, {"f": lambda: gate.wait(10) and "r"}, concurrency=4, batch=4)
+    run.until(lambda: run.runner.running == 4)
+    gate.set()
+    run.until(lambda: len(server.sent("/complete")) == 4)
+    run.stop()
+    assert sorted(p for p, _ in server.sent("/complete")) == [
+        f"/v1/invocations/{i}/complete" for i in range(1, 5)]
 
 
 def test_a_refused_result_is_logged_and_dropped(logs: Any) -> None:

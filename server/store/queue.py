@@ -24,6 +24,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 
 from server.store import models as m
 from server.store.models import utcnow
@@ -175,9 +176,9 @@ class QueueStore:
                          .values(lease_expires=deadline))
         return deadline
 
-    def release(self, tenant_id: int, invocation_id: int, fence: int) -> tuple[str, str]:
-        """Give a leased invocation back to the queue, the attempt not counted; returns
-        (workflow id, function) for the log."""
+    def release(self, tenant_id: int, invocation_id: int, fence: int) -> str:
+        """Give a leased invocation back to the queue, the attempt not counted; returns its
+        function (whose waiting runners may take it)."""
         with self._tx(write=True) as conn:
             row = _locked_invocation(conn, tenant_id, invocation_id)
             refused = refusal(row, fence)
@@ -185,14 +186,23 @@ class QueueStore:
                 raise refused
             conn.execute(INVOCATIONS.update().where(INVOCATIONS.c.id == row.id)
                          .values(status="queued", runner=None, leased_at=None, lease_expires=None))
-        return str(row.workflow_pk), row.name
+        return str(row.name)
 
-    def expired_leases(self, limit: int = 100) -> list[tuple[int, int, int, int]]:
-        """Leases past their deadline, oldest first, as (tenant id, workflow pk, invocation id,
-        fence): what the sweeper settles."""
+    def invocation_workflows(self, tenant_id: int, ids: Sequence[int]) -> dict[int, int]:
+        """The workflow (pk) of each of the tenant's invocations among `ids` (another tenant's
+        are simply absent)."""
         i = INVOCATIONS.c
         with self._tx(write=False) as conn:
-            rows = conn.execute(sa.select(i.tenant_id, i.workflow_pk, i.id, i.fence)
+            rows = conn.execute(sa.select(i.id, i.workflow_pk).where(
+                i.tenant_id == tenant_id, i.id.in_(list(ids)))).all()
+        return {r.id: r.workflow_pk for r in rows}
+
+    def expired_leases(self, limit: int = 100) -> list[tuple[int, int, int]]:
+        """Leases past their deadline, oldest first, as (tenant id, invocation id, fence): what
+        the sweeper settles."""
+        i = INVOCATIONS.c
+        with self._tx(write=False) as conn:
+            rows = conn.execute(sa.select(i.tenant_id, i.id, i.fence)
                                 .where(i.status == "leased", i.lease_expires < utcnow())
                                 .order_by(i.lease_expires).limit(limit)).all()
         return [tuple(r) for r in rows]  # type: ignore[misc]
@@ -206,8 +216,6 @@ class QueueStore:
 
     def seen_runner(self, tenant_id: int, name: str, functions: Sequence[str]) -> None:
         """Record that runner `name` asked for work for `functions` just now."""
-        from sqlalchemy.dialects import postgresql, sqlite
-
         insert = (postgresql.insert if self.dialect == "postgresql" else sqlite.insert)(RUNNERS)
         now = utcnow()
         with self._tx(write=True) as conn:
@@ -218,7 +226,7 @@ class QueueStore:
 
 
 def _locked_invocation(conn: sa.Connection, tenant_id: int, invocation_id: int) -> Any:
-    from server.store.store import NotFound
+    from server.store.store import NotFound  # store.py imports this module: import at use
 
     row = conn.execute(sa.select(INVOCATIONS).where(
         INVOCATIONS.c.id == invocation_id, INVOCATIONS.c.tenant_id == tenant_id)

@@ -653,6 +653,8 @@ class StepHandle:
         self._pk: int = row.pk
         self._seq: int = row.next_seq
         self._open = set(state.calls)  # invocations queued before this delta
+        self._results: dict[int, Any] = {}  # call id -> the result a runner reported
+        self._settled: set[int] = set()  # calls whose row `settle` wrote already
         self._closed = False
         self._base_revision: int = row.revision
         self.state = state
@@ -670,7 +672,9 @@ class StepHandle:
         doc = self.workflow.to_json()
         doc["workflow"] = doc.pop("name")
         doc["facts"] = self.state.fact_list()
-        doc["pending"] = [i.to_json() for i in _queued(self._conn, self._pk, self._limit)]
+        # The state's open calls are exactly the queued and leased rows: none, nothing to read.
+        doc["pending"] = ([i.to_json() for i in _queued(self._conn, self._pk, self._limit)]
+                          if self.state.calls else [])
         return doc
 
     @property
@@ -707,9 +711,7 @@ class StepHandle:
     def invocation(self, invocation_id: int, fence: int | None = None) -> Any:
         """This workflow's invocation row, locked; with `fence`, Refused unless that lease is
         the current one and still held."""
-        row = self._conn.execute(sa.select(INVOCATIONS).where(
-            INVOCATIONS.c.id == invocation_id, INVOCATIONS.c.workflow_pk == self._pk)
-            .with_for_update()).first()
+        row = self.invocations([invocation_id]).get(invocation_id)
         if row is None:
             raise NotFound(f"no invocation {invocation_id}")
         if fence is not None:
@@ -718,12 +720,26 @@ class StepHandle:
                 raise refused
         return row
 
-    def settle(self, invocation_id: int, status: str, *, result: Any = None,
-               error: dict[str, Any] | None = None) -> None:
-        """Record how an invocation ended: done (with the result kept for execution
-        avoidance), failed (with the last error), or cancelled."""
-        self._conn.execute(INVOCATIONS.update().where(INVOCATIONS.c.id == invocation_id).values(
-            status=status, result=result, error=error, finished_at=utcnow(), lease_expires=None))
+    def invocations(self, ids: list[int]) -> dict[int, Any]:
+        """This workflow's invocation rows among `ids`, locked, by id."""
+        rows = self._conn.execute(sa.select(INVOCATIONS).where(
+            INVOCATIONS.c.id.in_(ids), INVOCATIONS.c.workflow_pk == self._pk)
+            .order_by(INVOCATIONS.c.id).with_for_update()).all()
+        return {r.id: r for r in rows}
+
+    def record_results(self, results: dict[int, Any], *, replace: bool = False) -> None:
+        """The results (by call id) the next `apply` closes calls with: their rows are marked
+        done with the result kept (for execution avoidance) in the same statement."""
+        if replace:
+            self._results.clear()
+        self._results.update(results)
+
+    def settle(self, row: Any, status: str, *, error: dict[str, Any] | None = None) -> None:
+        """Record that an invocation failed (with the last error) or was cancelled, before the
+        step that tells the engine."""
+        self._settled.add(row.call_id)
+        self._conn.execute(INVOCATIONS.update().where(INVOCATIONS.c.id == row.id).values(
+            status=status, error=error, finished_at=utcnow(), lease_expires=None))
 
     def retry(self, invocation_id: int, attempt: int, available_at: datetime,
               error: dict[str, Any]) -> None:
@@ -799,8 +815,13 @@ class StepHandle:
                             else "queued" if inv.id in still_open else "done"),
                  "cache_key": cache_keys.get(inv.id), "created_at": now}
                 for inv in delta.invocations])
-        settled = self._open - still_open
-        for status, calls in (("cancelled", settled & cancelled), ("done", settled - cancelled)):
+        settled = self._open - still_open - self._settled
+        with_results = {c: self._results.pop(c) for c in settled - cancelled if c in self._results}
+        if with_results:
+            conn.execute(_DONE_WITH_RESULT, [
+                {"b_pk": pk, "b_call": c, "b_result": v, "b_now": now} for c, v in with_results.items()])
+        for status, calls in (("cancelled", settled & cancelled),
+                              ("done", settled - cancelled - set(with_results))):
             if calls - new:
                 conn.execute(INVOCATIONS.update()
                              .where(INVOCATIONS.c.workflow_pk == pk,
@@ -820,6 +841,16 @@ class StepHandle:
         }
         self._conn.execute(WORKFLOWS.update().where(WORKFLOWS.c.pk == self._pk).values(**values))
         self._row.update(values)
+
+
+# A call closed by a runner's result: done, the result kept, in one statement per row.
+_DONE_WITH_RESULT = (
+    INVOCATIONS.update()
+    .where(INVOCATIONS.c.workflow_pk == sa.bindparam("b_pk"),
+           INVOCATIONS.c.call_id == sa.bindparam("b_call"),
+           sa.or_(*(INVOCATIONS.c.status == s for s in OPEN)))  # no IN with executemany
+    .values(status="done", result=sa.bindparam("b_result", type_=m.JSONDoc),
+            finished_at=sa.bindparam("b_now"), lease_expires=None))
 
 
 # ── reading and writing a workflow's rows ──────────────────────────────────────────────────────
