@@ -75,16 +75,17 @@ class Stepper:
         work.durations.append(time.perf_counter() - began)
         follow: list[Event] = []
         notes: list[dict[str, Any]] = []
+        # A workflow created by this transaction has no recorded result to reuse yet.
+        reused = tx.reusable({inv.id: (keys[inv.id], _max_age(inv.options))
+                              for inv in delta.invocations if inv.id in keys}
+                             ) if keys and not tx.created else {}
         for inv in delta.invocations:
             if inv.id not in tx.state.calls:
                 continue  # closed in the same step (the workflow failed)
             if inv.kind == "start":
                 follow += self._start_child(tx, wf, inv.id, inv.name, inv.facts, work, depth)
-                continue
-            found, value = (tx.reusable(keys[inv.id], _max_age(inv.options))
-                            if inv.id in keys else (False, None))
-            if found:
-                follow.append(Result(inv.id, value))
+            elif inv.id in reused:
+                follow.append(Result(inv.id, reused[inv.id]))
                 notes.append({"event": "reused", "call": inv.id, "function": inv.name})
             else:
                 work.queued[inv.name] += 1

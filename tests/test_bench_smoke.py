@@ -132,3 +132,37 @@ def test_server_benchmark_prints_its_table_on_sqlite(tmp_path: Path) -> None:
     assert steps > 0 and workflows > 0, out
     assert "ERRORS" not in out, out
     assert re.search(r"^add-facts p99 at 4 clients: not measured", out, re.M), out
+
+
+@pytest.mark.postgres
+def test_queue_benchmark_prints_its_figures_on_postgres(postgres_url: str, tmp_path: Path) -> None:
+    """bench/queue.py end to end at its smallest: a real `emirax serve` on a fresh PostgreSQL
+    database, runner processes, pgbench's floors and two video workflows; every answer, lease
+    and workflow is checked by the script itself (a wrong one exits 1)."""
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "queue.py"), "--db-url", postgres_url, "--runners", "1",
+         "--seconds", "1", "--warmup", "0.3", "--samples", "10", "--pace", "0.05", "--wait", "1",
+         "--backlog", "300", "--latency-runners", "1", "--video", "2", "--video-runners", "2",
+         "--pgbench-seconds", "1", "--floor-jobs", "5000"],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert re.search(r"^commit: \S+", out, re.M) and "--workers 1" in out, out
+    for label in ("start answered -> lease received", "created_at -> lease received"):
+        assert re.search(rf"^  {label} +p50 +-?\d+\.\d ms +p99 +-?\d+\.\d ms", out, re.M), out
+    assert re.search(r"^runners +batch +invocations/s +complete p50 +complete p99 +server cpu "
+                     r"+runner cpu +db cpu +claim tps +ours/claim +cycle tps +ours/cycle$", out, re.M), out
+    found = re.search(r"^ +1 +16 +(\d[\d,]*)\*? +\d+\.\d +\d+\.\d( +\d+\.\d\d){3} +(\d[\d,]*) "
+                      r"+\d+\.\d{3} +(\d[\d,]*) +\d+\.\d{3}$", out, re.M)
+    assert found, out
+    assert all(int(found.group(i).replace(",", "")) > 0 for i in (1, 3, 4)), out
+    assert re.search(r"^lease query plan \(\d[\d,]* queued\): .*Index", out, re.M), out
+    assert re.search(r"^  2 completed; children \{'completed': 2\}; 70 invocations", out, re.M), out
+    assert re.search(r"^  end to end: \d[\d,]* workflows/min .* duration mean \d+\.\d s, p99 \d+\.\d s",
+                     out, re.M), out
+    assert "ERRORS" not in out, out
+    assert re.search(r"^invocations/cycle floor at 1 runners = \d+\.\d{3} \(target >= 0\.5: (met|MISSED)\)$",
+                     out, re.M), out
+    assert re.search(r"^dispatch p99 = -?\d+\.\d ms from the start's answer \(target < 20 ms: (met|MISSED)\)",
+                     out, re.M), out

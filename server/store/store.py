@@ -748,17 +748,24 @@ class StepHandle:
             status="queued", attempt=attempt, available_at=available_at, error=error, runner=None,
             leased_at=None, lease_expires=None))
 
-    def reusable(self, cache_key: str, max_age: float | None) -> tuple[bool, Any]:
-        """(True, result) when a call with this key succeeded in this workflow (no older than
-        `max_age` seconds), else (False, None): execution avoidance."""
+    def reusable(self, keys: dict[int, tuple[str, float | None]]) -> dict[int, Any]:
+        """Execution avoidance: for each new call (call id -> (cache key, max age in seconds or
+        None)), the result of a call with the same key that succeeded in this workflow (the
+        latest, no older than the max age); calls without one are absent. One query."""
         i = INVOCATIONS.c
-        query = (sa.select(i.result).where(i.workflow_pk == self._pk, i.cache_key == cache_key,
-                                           i.status == "done", i.result.is_not(None))
-                 .order_by(i.id.desc()).limit(1))
-        if max_age is not None:
-            query = query.where(i.finished_at >= utcnow() - timedelta(seconds=max_age))
-        row = self._conn.execute(query).first()
-        return (True, row.result) if row is not None else (False, None)
+        rows = self._conn.execute(
+            sa.select(i.cache_key, i.result, i.finished_at)
+            .where(i.workflow_pk == self._pk, i.cache_key.in_({k for k, _ in keys.values()}),
+                   i.status == "done", i.result.is_not(None))
+            .order_by(i.id)).all()
+        latest = {r.cache_key: r for r in rows}  # ordered by id: the last one wins
+        now = utcnow()
+        found: dict[int, Any] = {}
+        for call, (key, max_age) in keys.items():
+            row = latest.get(key)
+            if row is not None and (max_age is None or row.finished_at >= now - timedelta(seconds=max_age)):
+                found[call] = row.result
+        return found
 
     def note(self, events: list[dict[str, Any]]) -> None:
         """Add trace events that change no state (a failed attempt that will be retried)."""
