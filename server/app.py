@@ -524,11 +524,12 @@ class _BodyLimit:
 
 
 class _Idempotency:
-    """`Idempotency-Key` on every POST: the first 2xx answer under a key is kept (per tenant;
-    the admin's under 0) and a replay gets it again, with `Idempotent-Replayed: true`; the same
-    key with another request (path or body) is refused with 422. Errors are not kept, so a
-    retry after one runs again. Two requests racing with one key both run; the first to finish
-    is the answer kept."""
+    """`Idempotency-Key` on every POST, as Stripe's API does: the key is claimed in the store
+    before the request runs (per tenant; the admin's under 0). The first 2xx answer is kept and
+    a replay gets it again, with `Idempotent-Replayed: true`; the same key with another request
+    (path or body) is refused with 422; while the request holding the key still runs, another
+    with the same key gets 409 and `Retry-After`. An error answer frees the key, so a retry
+    runs again. A claim whose server died mid-request is taken over after a minute."""
 
     def __init__(self, app: Any, store: Store, who: Callable[[str], Principal | None]) -> None:
         self.app, self.store, self.who = app, store, who
@@ -552,20 +553,24 @@ class _Idempotency:
             return
         digest = hashlib.sha256(scope["path"].encode() + b"\0" + body).hexdigest()
         name = key.decode("latin-1")[:255]
-        kept = await run_in_threadpool(self.store.recall, owner, name)
-        if kept is not None:
-            if kept[0] != digest:
-                response = _problem(422, "Idempotency key reused",
-                                    "this Idempotency-Key was used for another request")
-            else:
-                response = JSONResponse(kept[2], status_code=kept[1],
-                                        headers={"Idempotent-Replayed": "true"})
-            await response(scope, receive, send)
+        kept = await run_in_threadpool(self.store.reserve, owner, name, digest)
+        if kept is None:
+            await self._run(scope, body, send, owner, name)
             return
-        await self._run(scope, body, send, owner, name, digest)
+        if kept[0] != digest:
+            response = _problem(422, "Idempotency key reused",
+                                "this Idempotency-Key was used for another request")
+        elif kept[1] == 0:
+            response = _problem(409, "Request in progress",
+                                "a request with this Idempotency-Key is still running; retry")
+            response.headers["Retry-After"] = "1"
+        else:
+            response = JSONResponse(kept[2], status_code=kept[1],
+                                    headers={"Idempotent-Replayed": "true"})
+        await response(scope, receive, send)
 
-    async def _run(self, scope: dict[str, Any], body: bytes, send: Any, owner: int, name: str,
-                   digest: str) -> None:
+    async def _run(self, scope: dict[str, Any], body: bytes, send: Any, owner: int,
+                   name: str) -> None:
         sent = False
         status, chunks = 0, []
         held: list[dict[str, Any]] = []  # the answer, sent once it is kept
@@ -585,15 +590,20 @@ class _Idempotency:
                 chunks.append(message.get("body", b""))
             held.append(message)
 
-        await self.app(scope, replay, capture)
-        if 200 <= status < 300:
+        try:
+            await self.app(scope, replay, capture)
+        finally:
+            doc = None
+            if 200 <= status < 300:
+                try:
+                    doc = json.loads(b"".join(chunks))
+                except ValueError:
+                    doc = None
             # Kept before the client sees the answer, so a retry that follows it is a replay.
-            try:
-                doc = json.loads(b"".join(chunks))
-            except ValueError:
-                doc = None
             if doc is not None:
-                await run_in_threadpool(self.store.remember, owner, name, digest, status, doc)
+                await run_in_threadpool(self.store.remember, owner, name, status, doc)
+            else:
+                await run_in_threadpool(self.store.release_key, owner, name)
         for message in held:
             await send(message)
 

@@ -20,11 +20,12 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import httpx
 import psycopg
+import pytest
 
 from conftest import libpq_dsn
 from emirax import pipeline
@@ -88,6 +89,18 @@ def fresh_database(postgres_url: str, prefix: str = "emirax_t_") -> Iterator[str
     finally:
         with psycopg.connect(admin_dsn, autocommit=True) as conn:
             conn.execute(f"drop database if exists {name} with (force)")
+
+
+# The two databases every server test runs on: a fixture's `params`.
+BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+
+
+def database(request: pytest.FixtureRequest, stack: ExitStack, home: Path, kind: str) -> str:
+    """A database URL for a test: a SQLite file in `home`, or a fresh PostgreSQL database that
+    `stack` drops when it closes."""
+    if kind == "sqlite":
+        return f"sqlite:///{home / 'emirax.db'}"
+    return stack.enter_context(fresh_database(request.getfixturevalue("postgres_url")))
 
 
 class ServerProcess:

@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from serverkit import ServerProcess, compile_bundle, fresh_database
+from serverkit import BACKENDS, ServerProcess, compile_bundle, database
 
 ADMIN = "admin-" + secrets.token_hex(8)
 LEASE_SECONDS = 1.5
@@ -109,15 +109,11 @@ class Server(ServerProcess):
                          env={"EMIRAX_LEASE_SECONDS": str(LEASE_SECONDS)})
 
 
-@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+@pytest.fixture(scope="module", params=BACKENDS)
 def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     home = tmp_path_factory.mktemp("home")
     with ExitStack() as stack:
-        if request.param == "sqlite":
-            url = f"sqlite:///{home / 'emirax.db'}"
-        else:
-            url = stack.enter_context(fresh_database(request.getfixturevalue("postgres_url")))
-        srv = Server(url, home)
+        srv = Server(database(request, stack, home, request.param), home)
         stack.callback(srv.stop)
         yield srv
 

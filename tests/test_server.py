@@ -9,6 +9,7 @@ status codes, problem+json, the tenant coming from the token, another tenant's d
 from __future__ import annotations
 
 import secrets
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -17,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from serverkit import ORDERS, ServerProcess, compile_bundle, fresh_database
+from serverkit import BACKENDS, ORDERS, ServerProcess, compile_bundle, database
 
 ADMIN = "admin-" + secrets.token_hex(8)
 class Server(ServerProcess):
@@ -25,15 +26,11 @@ class Server(ServerProcess):
         super().__init__(url, home, admin_token=ADMIN)
 
 
-@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+@pytest.fixture(scope="module", params=BACKENDS)
 def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     home = tmp_path_factory.mktemp("home")
     with ExitStack() as stack:
-        if request.param == "sqlite":
-            url = f"sqlite:///{home / 'emirax.db'}"
-        else:
-            url = stack.enter_context(fresh_database(request.getfixturevalue("postgres_url")))
-        srv = Server(url, home)
+        srv = Server(database(request, stack, home, request.param), home)
         stack.callback(srv.stop)
         yield srv
 
@@ -240,6 +237,39 @@ def test_idempotency_keys_replay_the_first_answer(server: Server, orders_v1: byt
     with server.client(other_tenant) as o:  # keys are per tenant: k1 is free here
         o.post("/v1/bundles", content=orders_v1)
         assert o.post("/v1/workflows", json=start, headers={"Idempotency-Key": "k1"}).status_code == 201
+
+
+def test_requests_racing_with_one_idempotency_key_run_once(server: Server, orders_v1: bytes) -> None:
+    token = _fresh_tenant(server)
+    start = {"workflow": "demo.orders.Order", "facts": [{"type": "Item", "fields": {"sku": "a", "qty": 1}}]}
+    with server.client(token) as c:
+        c.post("/v1/bundles", content=orders_v1)
+    answers: list[httpx.Response] = []
+    gate = threading.Barrier(8)
+
+    def one() -> None:
+        with server.client(token) as c:
+            gate.wait()
+            answers.append(c.post("/v1/workflows", json=start, headers={"Idempotency-Key": "race"}))
+
+    threads = [threading.Thread(target=one) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    created = [r for r in answers if r.status_code == 201]
+    busy = [r for r in answers if r.status_code == 409]
+    assert len(created) + len(busy) == 8 and created, [r.text for r in answers]
+    assert all(r.json() == created[0].json() for r in created)  # the one answer, replayed
+    assert all(r.headers["retry-after"] == "1" for r in busy)
+    with server.client(token) as c:
+        assert len(c.get("/v1/workflows").json()["workflows"]) == 1  # ran once
+        again = c.post("/v1/workflows", json=start, headers={"Idempotency-Key": "race"})
+        assert again.status_code == 201 and again.json() == created[0].json()
+        # an error answer frees the key: the retry runs (and fails again the same way)
+        bad = {"workflow": "demo.orders.Nope", "facts": []}
+        assert c.post("/v1/workflows", json=bad, headers={"Idempotency-Key": "bad"}).status_code == 404
+        assert c.post("/v1/workflows", json=bad, headers={"Idempotency-Key": "bad"}).status_code == 404
 
 
 def test_metrics_count_requests_and_steps(server: Server, orders_v1: bytes) -> None:

@@ -25,7 +25,7 @@ from typing import Any
 import httpx
 import pytest
 
-from serverkit import RunnerProcess, ServerProcess, fresh_database
+from serverkit import BACKENDS, RunnerProcess, ServerProcess, database
 
 ROOT = Path(__file__).resolve().parent.parent
 TENANT = ROOT / "tenants" / "media-encoding"
@@ -70,12 +70,6 @@ def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"1": out / "v1.emxb", "2": out / "v2.emxb"}
 
 
-def database(request: pytest.FixtureRequest, stack: ExitStack, home: Path, kind: str) -> str:
-    if kind == "sqlite":
-        return f"sqlite:///{home / 'emirax.db'}"
-    return stack.enter_context(fresh_database(request.getfixturevalue("postgres_url")))
-
-
 def new_tenant(srv: ServerProcess, bundle: Path) -> str:
     with srv.client(ADMIN) as admin:
         r = admin.post("/v1/tenants", json={"name": f"media-{secrets.token_hex(3)}"})
@@ -106,7 +100,7 @@ def encodes_by_runner(runners: list[RunnerProcess]) -> dict[str, int]:
     return {r.name: sum(" encode " in line and ": ok" in line for line in r.lines()) for r in runners}
 
 
-@pytest.mark.parametrize("kind", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+@pytest.mark.parametrize("kind", BACKENDS)
 def test_the_video_pipeline_end_to_end_then_remastered_by_version_2(
         kind: str, request: pytest.FixtureRequest, tmp_path: Path, bundles: dict[str, Path]) -> None:
     with ExitStack() as stack:

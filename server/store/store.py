@@ -332,24 +332,47 @@ class Store(QueueStore):
 
     # ── idempotency keys ───────────────────────────────────────────────────────────────────────
 
-    def recall(self, tenant_id: int, key: str) -> tuple[str, int, Any] | None:
-        """(request hash, status, body) of the first answer given under `key`, or None."""
-        with self._tx(write=False) as conn:
-            row = conn.execute(sa.select(IDEMPOTENCY.c.request_hash, IDEMPOTENCY.c.status,
-                                         IDEMPOTENCY.c.body)
-                               .where(IDEMPOTENCY.c.tenant_id == tenant_id,
-                                      IDEMPOTENCY.c.key == key)).first()
-        return (row.request_hash, row.status, row.body) if row is not None else None
-
-    def remember(self, tenant_id: int, key: str, request_hash: str, status: int, body: Any) -> bool:
-        """Keep an answer under `key`; False when another request kept one first."""
+    def reserve(self, tenant_id: int, key: str, request_hash: str,
+                stale_after: float = 60.0) -> tuple[str, int, Any] | None:
+        """Claim `key` for a request about to run: None when this request holds it now;
+        otherwise what is kept under it, (request hash, status, body), where status 0 means
+        another request holding it is still running. A claim older than `stale_after` seconds
+        whose request never finished (its server died) is taken over."""
+        now = utcnow()
+        i = IDEMPOTENCY.c
         with self._tx(write=True) as conn:
-            result = conn.execute(
+            claimed = conn.execute(
                 self._insert(IDEMPOTENCY).values(
-                    tenant_id=tenant_id, key=key, request_hash=request_hash, status=status,
-                    body=body, created_at=utcnow())
-                .on_conflict_do_nothing(index_elements=["tenant_id", "key"]))
-            return bool(result.rowcount)
+                    tenant_id=tenant_id, key=key, request_hash=request_hash, status=0, body={},
+                    created_at=now)
+                .on_conflict_do_nothing(index_elements=["tenant_id", "key"])
+                .returning(i.key)).first()
+            if claimed is not None:
+                return None
+            row = conn.execute(sa.select(i.request_hash, i.status, i.body, i.created_at)
+                               .where(i.tenant_id == tenant_id, i.key == key)
+                               .with_for_update()).one()
+            if row.status == 0 and row.request_hash == request_hash and \
+                    row.created_at < now - timedelta(seconds=stale_after):
+                conn.execute(IDEMPOTENCY.update().where(i.tenant_id == tenant_id, i.key == key)
+                             .values(created_at=now))
+                return None
+        return row.request_hash, row.status, row.body
+
+    def remember(self, tenant_id: int, key: str, status: int, body: Any) -> None:
+        """Keep the answer of the request that holds `key` (a 2xx): replays get it."""
+        i = IDEMPOTENCY.c
+        with self._tx(write=True) as conn:
+            conn.execute(IDEMPOTENCY.update()
+                         .where(i.tenant_id == tenant_id, i.key == key, i.status == 0)
+                         .values(status=status, body=body))
+
+    def release_key(self, tenant_id: int, key: str) -> None:
+        """The request holding `key` failed (not a 2xx): free the key, so a retry runs again."""
+        i = IDEMPOTENCY.c
+        with self._tx(write=True) as conn:
+            conn.execute(IDEMPOTENCY.delete().where(i.tenant_id == tenant_id, i.key == key,
+                                                    i.status == 0))
 
     # ── always on ──────────────────────────────────────────────────────────────────────────────
 
