@@ -636,6 +636,13 @@ class Runner:
             job.state = REPORTING
         route, body = outcome.request(job.fence)
         sent = self._send(job, route, body)
+        if sent is not None and sent[0].status == 413 and outcome.ok:
+            # A result over the server's body limit can never be reported: fail the invocation
+            # for good with a clear error instead of letting its lease run out, attempt after attempt.
+            outcome = Outcome.failure("ResultTooLarge", f"the result of {job.info.function} is "
+                                      f"over the server's size limit ({sent[0].reason})", retry=False)
+            route, body = outcome.request(job.fence)
+            sent = self._send(job, route, body)
         if sent is None:
             log.warning("%s: %s, not reported: the server stayed unreachable until the lease "
                         "deadline (it will be retried)", job.label, outcome.describe(ms))

@@ -334,6 +334,18 @@ def test_a_batch_the_server_does_not_take_is_sent_one_by_one() -> None:
         f"/v1/invocations/{i}/complete" for i in range(1, 5)]
 
 
+def test_a_result_over_the_size_limit_fails_the_invocation_for_good(logs: Any) -> None:
+    server = FakeServer(inv(1, "f", []))
+    server.plan["/v1/invocations/1/complete"] = [httpx.Response(413, json={
+        "title": "Payload Too Large", "detail": "the body is over 1048576 bytes"})]
+    run = Running(server, {"f": lambda: "x" * 10})
+    run.until(lambda: server.sent("/fail"))
+    run.stop()
+    [(_, body)] = server.sent("/fail")
+    assert body["retry"] is False and body["error"]["type"] == "ResultTooLarge"
+    assert "size limit" in body["error"]["message"]
+
+
 def test_a_refused_result_is_logged_and_dropped(logs: Any) -> None:
     server = FakeServer(inv(1, "f", [], fence=5))
     server.plan["/v1/invocations/1/complete"] = [refused(409, "stale")]
