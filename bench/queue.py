@@ -790,7 +790,7 @@ def _print_preamble(ctx: Context, db_url: str) -> None:
     print(f"workload: {FAN} (bench/workloads/queue.emx): a workflow queues one `work` call per "
           f"Task; each result is one durable step")
     print(f"runners: separate processes, one httpx.Client each, lease max {args.batch}, long poll "
-          f"{args.wait:g} s, complete each invocation at once with a fake result")
+          f"{args.wait:g} s, complete a lease's results in one batch request")
     if ctx.pgbench:
         print(f"floor: pgbench -n -c C -j C -T {args.pgbench_seconds} "
               "on the same database right after each run: claim = one SKIP LOCKED UPDATE; cycle = "

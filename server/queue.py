@@ -275,45 +275,41 @@ class Queue:
                       items: list[tuple[int, int, Any]]) -> list[dict[str, Any]]:
         """Apply several results (invocation id, fence, result), an answer each, in order:
         the results of one workflow in ONE step (and one transaction), as a batch of events;
-        different workflows one after another, in workflow order."""
-        where = self.store.invocation_workflows(tenant_id, [i for i, _, _ in items])
+        different workflows one after another. The first result's workflow is locked, and
+        takes every result of the batch that is its own; the rest go round again."""
         answers: dict[int, dict[str, Any]] = {}
-        groups: dict[int, list[tuple[int, int, Any]]] = {}
-        for item in items:
-            if item[0] in where:
-                groups.setdefault(where[item[0]], []).append(item)
-            else:
-                answers[item[0]] = {"id": item[0], "applied": False, "reason": "not_found",
-                                    "detail": f"no invocation {item[0]}"}
-        for pk in sorted(groups):
+        left = list(items)
+        while left:
             try:
-                for answer in self._complete_group(tenant_id, groups[pk]):
-                    answers[answer["id"]] = answer
+                done = self._complete_group(tenant_id, left)
             except (NotFound, LookupError) as exc:
-                for inv_id, _, _ in groups[pk]:
-                    answers[inv_id] = {"id": inv_id, "applied": False, "reason": "not_found",
-                                       "detail": str(exc)}
+                done = [{"id": left[0][0], "applied": False, "reason": "not_found",
+                         "detail": str(exc)}]
+            answers.update((answer["id"], answer) for answer in done)
+            left = [item for item in left if item[0] not in answers]
         return [answers[i] for i, _, _ in items]
 
     def _complete_group(self, tenant_id: int, items: list[tuple[int, int, Any]], *,
                         strict: bool = False) -> list[dict[str, Any]]:
-        """Results for invocations of ONE workflow, in one transaction. `strict` (one result):
-        raise NotFound/Refused instead of answering them."""
+        """The results among `items` for the workflow of the first one, in one transaction
+        (answers for those only). `strict` (one result): raise NotFound/Refused instead of
+        answering them."""
         work = Work()
         retry_ats: list[datetime] = []
         answers: list[dict[str, Any]] = []
         with self.store.step_invocation(tenant_id, items[0][0]) as tx:
-            rows = tx.invocations([i for i, _, _ in items])
+            rows = tx.invocations([i for i, _, _ in items])  # this workflow's
             good = []
             for inv_id, fence, result in items:
                 row = rows.get(inv_id)
-                refused = refusal(row, fence) if row is not None else None
-                if strict and (row is None or refused is not None):
-                    raise refused or NotFound(f"no invocation {inv_id}")
-                if row is None or refused is not None:
-                    answers.append({"id": inv_id, "applied": False,
-                                    "reason": refused.reason if refused else "not_found",
-                                    "detail": str(refused or f"no invocation {inv_id}")})
+                if row is None:
+                    continue  # another workflow's (or nobody's): a later round
+                refused = refusal(row, fence)
+                if refused is not None:
+                    if strict:
+                        raise refused
+                    answers.append({"id": inv_id, "applied": False, "reason": refused.reason,
+                                    "detail": str(refused)})
                 else:
                     good.append((row, result))
             if good:

@@ -106,6 +106,7 @@ class QueueStore:
 
     dialect: str
     max_in_flight: int  # a tenant's limit unless its row sets one
+    _ids: dict[int, str]  # workflow pk -> public id (see _workflow_ids)
 
     def _tx(self, *, write: bool, snapshot: bool = False) -> Any:  # provided by Store
         raise NotImplementedError
@@ -153,13 +154,27 @@ class QueueStore:
                              .values(lease_expires=sa.bindparam("b_expires")),
                              [{"b_id": rid, "b_expires": d} for rid, d in short])
             deadlines = dict(short)
-            ids = dict(conn.execute(sa.select(WORKFLOWS.c.pk, WORKFLOWS.c.id).where(
-                WORKFLOWS.c.pk.in_({r.workflow_pk for r in rows}))).all())
+            ids = self._workflow_ids(conn, {r.workflow_pk for r in rows})
         leased = [Leased(r.id, f"{ids[r.workflow_pk]}:{r.call_id}", r.fence, ids[r.workflow_pk],
                          r.name, r.args, r.attempt, r.options,
                          deadlines.get(r.id, r.lease_expires), r.created_at)
                   for r in sorted(rows, key=lambda r: (-r.priority, r.id))]
         return leased, len(rows) >= room, None
+
+    def _workflow_ids(self, conn: sa.Connection, pks: set[int]) -> dict[int, str]:
+        """Public ids of workflows by pk. A workflow's id never changes, so they are kept (a
+        bounded map) and only unknown ones are read."""
+        known = self._ids
+        found = {pk: wid for pk in pks if (wid := known.get(pk)) is not None}
+        missing = pks - found.keys()
+        if missing:
+            read = dict(conn.execute(sa.select(WORKFLOWS.c.pk, WORKFLOWS.c.id).where(
+                WORKFLOWS.c.pk.in_(missing))).all())
+            if len(known) > 100_000:
+                known.clear()  # another thread's lookup never reads it: it keeps `found`
+            known.update(read)
+            found.update(read)
+        return found
 
     def heartbeat(self, tenant_id: int, invocation_id: int, fence: int, *,
                   lease_seconds: float) -> datetime:
@@ -187,15 +202,6 @@ class QueueStore:
             conn.execute(INVOCATIONS.update().where(INVOCATIONS.c.id == row.id)
                          .values(status="queued", runner=None, leased_at=None, lease_expires=None))
         return str(row.name)
-
-    def invocation_workflows(self, tenant_id: int, ids: Sequence[int]) -> dict[int, int]:
-        """The workflow (pk) of each of the tenant's invocations among `ids` (another tenant's
-        are simply absent)."""
-        i = INVOCATIONS.c
-        with self._tx(write=False) as conn:
-            rows = conn.execute(sa.select(i.id, i.workflow_pk).where(
-                i.tenant_id == tenant_id, i.id.in_(list(ids)))).all()
-        return {r.id: r.workflow_pk for r in rows}
 
     def expired_leases(self, limit: int = 100) -> list[tuple[int, int, int]]:
         """Leases past their deadline, oldest first, as (tenant id, invocation id, fence): what

@@ -234,6 +234,7 @@ class Store(QueueStore):
         self.engine = engine
         self.dialect = engine.dialect.name
         self.max_in_flight = max_in_flight
+        self._ids: dict[int, str] = {}
         self._cache = _StateCache(state_cache)
         self._sqlite_writer = threading.RLock()
 
