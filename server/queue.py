@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-import sqlalchemy as sa
 from starlette.concurrency import run_in_threadpool
 
 from emirax.engine.program import InputError, Workflow
@@ -209,7 +208,7 @@ class Queue:
             return
         payload = json.dumps({"s": self.me, "t": tx.tenant_id, "q": dict(work.queued),
                               "at": at.isoformat() if at else None})
-        tx._conn.execute(sa.text("SELECT pg_notify(:c, :p)"), {"c": CHANNEL, "p": payload})
+        tx.notify(CHANNEL, payload)
 
     def wake(self, tenant_id: int, work: Work) -> None:
         """After the commit: wake this process's runners waiting for that work."""
@@ -221,7 +220,7 @@ class Queue:
     async def lease(self, tenant_id: int, runner: str, functions: Sequence[str], count: int,
                     wait: float, gone: Callable[[], Any] | None = None) -> list[Leased]:
         """Lease up to `count` invocations, long-polling up to `wait` seconds for the first."""
-        self._saw(tenant_id, runner, functions)
+        await self._saw(tenant_id, runner, functions)
         deadline = time.monotonic() + wait
         while True:
             waiter = self.waker.register(tenant_id, functions, count)
@@ -247,11 +246,11 @@ class Queue:
             if gone is not None and await gone():
                 return []  # the runner hung up: lease nothing it would never receive
 
-    def _saw(self, tenant_id: int, runner: str, functions: Sequence[str]) -> None:
+    async def _saw(self, tenant_id: int, runner: str, functions: Sequence[str]) -> None:
         now = time.monotonic()
         if now - self._seen.get((tenant_id, runner), -1e9) >= RUNNER_SEEN_EVERY:
             self._seen[(tenant_id, runner)] = now
-            self.store.seen_runner(tenant_id, runner, functions)
+            await run_in_threadpool(self.store.seen_runner, tenant_id, runner, functions)
 
     def heartbeat(self, tenant_id: int, invocation_id: int, fence: int) -> datetime:
         return self.store.heartbeat(tenant_id, invocation_id, fence,

@@ -804,6 +804,11 @@ class StepHandle:
                            .values(next_seq=self._seq))
         self._row["next_seq"] = self._seq
 
+    def notify(self, channel: str, payload: str) -> None:
+        """PostgreSQL NOTIFY, sent when this transaction commits (nothing on SQLite)."""
+        if self._store.dialect == "postgresql":
+            self._conn.execute(sa.text("SELECT pg_notify(:c, :p)"), {"c": channel, "p": payload})
+
     def start_child(self, name: str, package: str, version: str, call_id: int) -> StepHandle:
         """A child workflow for this workflow's `start` call, created in this transaction; its
         id is `<parent id>:<call id>`. Step it with the handle returned."""
