@@ -167,6 +167,7 @@ def create_app(store: Store, *, admin_token: str, plugins: pluggy.PluginManager 
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         hooks.hook.emirax_startup(settings={"limits": limits})
         queue.start(asyncio.get_running_loop())
+        queue.on_exit_signals()
         sweeper.start()  # also retries leases that expired while no server ran
         reevaluator.start()  # also resumes re-evaluations a stopped server left owed
         yield

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import signal
 import threading
 import time
 import uuid
@@ -66,6 +67,7 @@ class Waker:
     def __init__(self) -> None:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.waiters: dict[int, list[_Waiter]] = {}
+        self.closing = False  # set on the loop: no long poll waits any more
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
@@ -114,6 +116,17 @@ class Waker:
                 take -= used
             if not any(v > 0 for v in left.values()):
                 return
+
+    def close(self) -> None:
+        """The server is stopping: every long poll answers now, with nothing."""
+        if self.loop is not None:
+            self.loop.call_soon_threadsafe(self._wake_everyone)
+
+    def _wake_everyone(self) -> None:
+        self.closing = True
+        for waiters in self.waiters.values():
+            for waiter in waiters:
+                waiter.event.set()
 
     def _wake_all(self, tenant_id: int) -> None:
         for waiter in self.waiters.get(tenant_id, []):
@@ -199,6 +212,23 @@ class Queue:
         if self.listener is not None:
             self.listener.stop()
 
+    def on_exit_signals(self) -> None:
+        """Answer the long polls at once when SIGTERM or SIGINT arrives, so a stopping server
+        does not wait out every runner's poll (uvicorn waits for open requests before the
+        application's shutdown runs). Chained in front of the handlers installed already
+        (uvicorn's); only the main thread can, so an app run elsewhere (tests) skips it."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous = signal.getsignal(sig)
+
+            def handler(signum: int, frame: Any, previous: Any = previous) -> None:
+                self.waker.close()
+                if callable(previous):
+                    previous(signum, frame)
+
+            signal.signal(sig, handler)
+
     # after a step
 
     def publish(self, tx: StepHandle, work: Work, at: datetime | None = None) -> None:
@@ -222,7 +252,7 @@ class Queue:
         """Lease up to `count` invocations, long-polling up to `wait` seconds for the first."""
         await self._saw(tenant_id, runner, functions)
         deadline = time.monotonic() + wait
-        while True:
+        while not self.waker.closing:
             waiter = self.waker.register(tenant_id, functions, count)
             try:
                 leased, at_limit, later = await run_in_threadpool(
@@ -245,6 +275,7 @@ class Queue:
                 self.waker.unregister(waiter)
             if gone is not None and await gone():
                 return []  # the runner hung up: lease nothing it would never receive
+        return []  # the server is stopping: the runner asks again, of whichever server is up
 
     async def _saw(self, tenant_id: int, runner: str, functions: Sequence[str]) -> None:
         now = time.monotonic()

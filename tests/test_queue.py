@@ -10,6 +10,7 @@ text of every pending invocation. Real runner processes are tests/test_runners.p
 from __future__ import annotations
 
 import secrets
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -424,3 +425,23 @@ def test_a_batch_of_results_is_applied_with_an_answer_each(server: Server, bundl
         dup = c.post("/v1/invocations/complete", json={"results": [
             {"id": 1, "fence": 1, "result": 1}, {"id": 1, "fence": 1, "result": 1}]})
         assert dup.status_code == 422
+
+
+def test_a_stopping_server_answers_its_long_polls_at_once(tmp_path: Path, bundles: dict[str, bytes]) -> None:
+    srv = Server(f"sqlite:///{tmp_path / 'emirax.db'}", tmp_path)
+    try:
+        with tenant(srv, bundles) as c:
+            got: list[Any] = []
+            poll = threading.Thread(target=lambda: got.append(
+                c.post("/v1/runners/lease", json={"runner": "r", "functions": ["work"], "wait": 30})))
+            poll.start()
+            time.sleep(0.5)
+            began = time.monotonic()
+            srv.proc.terminate()
+            # uvicorn shuts down gracefully, then re-raises the signal it caught: -SIGTERM
+            assert srv.proc.wait(timeout=10) in (0, -signal.SIGTERM)
+            poll.join(timeout=10)
+            assert time.monotonic() - began < 5  # not the poll's 30 s
+            assert got and got[0].status_code == 200 and got[0].json()["invocations"] == []
+    finally:
+        srv.stop()
