@@ -21,6 +21,8 @@ Exit status: 0 always (a report), except with --check: 1 when a target is missed
 
 from __future__ import annotations
 
+import _stdlib_first  # noqa: F401  (first: bench/queue.py shadows the standard library's queue)
+
 import argparse
 import gc
 import sys

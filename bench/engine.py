@@ -20,6 +20,8 @@ Emirax's firings per second over each reference's, and the floor's over Emirax's
 
 from __future__ import annotations
 
+import _stdlib_first  # noqa: F401  (first: bench/queue.py shadows the standard library's queue)
+
 import argparse
 import gc
 import json

@@ -51,14 +51,13 @@ duplicated invocation, or a video workflow that did not complete prints ERRORS a
 
 from __future__ import annotations
 
+import _stdlib_first  # noqa: F401  (first: this file's name shadows the standard library's queue)
+
 import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-# Run as a script, this file's folder comes first on sys.path, and this file's name would shadow
-# the standard library's `queue` (imported by concurrent.futures, logging.handlers, ...).
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 sys.path.insert(0, str(ROOT))
 
 import argparse  # noqa: E402

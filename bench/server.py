@@ -26,6 +26,8 @@ add-facts p99 under 20 ms at 4 clients.
 
 from __future__ import annotations
 
+import _stdlib_first  # noqa: F401  (first: bench/queue.py shadows the standard library's queue)
+
 import argparse
 import os
 import re

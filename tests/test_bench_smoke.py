@@ -166,3 +166,17 @@ def test_queue_benchmark_prints_its_figures_on_postgres(postgres_url: str, tmp_p
                      out, re.M), out
     assert re.search(r"^dispatch p99 = -?\d+\.\d ms from the start's answer \(target < 20 ms: (met|MISSED)\)",
                      out, re.M), out
+
+
+@pytest.mark.parametrize("script", ["compile.py", "engine.py", "server.py", "queue.py"])
+def test_bench_scripts_import_the_standard_librarys_queue(script: str, tmp_path: Path) -> None:
+    """bench/queue.py must not shadow the standard library's `queue` for the scripts next to it
+    (psycopg imports it): each script, run as users run it, gets the real one."""
+    # As `python bench/X.py` runs it: bench/ first on the path, the script's top level run.
+    probe = (f"import runpy, sys; sys.path.insert(0, {str(BENCH)!r}); "
+             f"runpy.run_path({str(BENCH / script)!r}, run_name='probe'); "
+             "import queue; print(queue.__file__)")
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          timeout=60, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "bench" not in proc.stdout and proc.stdout.strip().endswith("queue.py"), proc.stdout
