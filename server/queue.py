@@ -483,6 +483,7 @@ class Sweeper:
         while not self.stopping.is_set():
             try:
                 self.sweep()
+                self.queue.store.forget_runners()
                 nxt = self.queue.store.next_lease_deadline()
             except Exception:  # the database is away: try again later, keep serving
                 log.exception("sweeping expired leases failed")

@@ -596,3 +596,13 @@ def test_concurrent_starts_with_one_client_id_make_one_workflow(store: Store) ->
         thread.join(timeout=60)
     assert sorted(results) == [("same-id", False)] * (THREADS - 1) + [("same-id", True)]
     assert len(store.list_workflows(tenant_id)[0]) == 1
+
+
+def test_runners_seen_are_forgotten_after_a_while(store: Store) -> None:
+    from datetime import timedelta
+
+    tenant_id, _ = store.create_tenant(f"runners-{uuid.uuid4().hex[:6]}")
+    store.seen_runner(tenant_id, "host:1", ["encode"])
+    store.seen_runner(tenant_id, "host:1", ["encode", "split"])  # the same runner, again
+    assert store.forget_runners(timedelta(days=1)) == 0
+    assert store.forget_runners(timedelta(0)) == 1

@@ -146,9 +146,9 @@ class QueueStore:
                     i.tenant_id == tenant_id, i.status == "queued", i.name.in_(list(functions)),
                     i.available_at > now)).scalar()
                 return [], False, later
-            short = [(r.id, _lease_deadline(now, now, r.options, lease_seconds)) for r in rows
-                     if attempt_deadline(now, r.options) is not None]
-            short = [(rid, d) for rid, d in short if d < now + timedelta(seconds=lease_seconds)]
+            full = now + timedelta(seconds=lease_seconds)
+            short = [(r.id, d) for r in rows
+                     if (d := _lease_deadline(now, now, r.options, lease_seconds)) < full]
             if short:  # a timeout shorter than the lease bounds it
                 conn.execute(INVOCATIONS.update().where(i.id == sa.bindparam("b_id"))
                              .values(lease_expires=sa.bindparam("b_expires")),
@@ -229,6 +229,14 @@ class QueueStore:
                                        last_seen=now)
                          .on_conflict_do_update(index_elements=["tenant_id", "name"],
                                                 set_={"functions": list(functions), "last_seen": now}))
+
+
+    def forget_runners(self, unseen_for: timedelta = timedelta(days=1)) -> int:
+        """Drop the runners not seen for `unseen_for` (a runner's name holds its pid, so every
+        restart leaves one behind); returns how many."""
+        with self._tx(write=True) as conn:
+            return conn.execute(RUNNERS.delete().where(
+                RUNNERS.c.last_seen < utcnow() - unseen_for)).rowcount or 0
 
 
 def _locked_invocation(conn: sa.Connection, tenant_id: int, invocation_id: int) -> Any:
