@@ -217,3 +217,15 @@ def test_the_server_killed_mid_run_loses_nothing_and_applies_nothing_twice(
                 assert fired["encode chunk"] == 31 and fired["assemble"] == 1 and fired["index"] == 1
                 encoded_facts = [f for f in view["facts"] if f["type"] == "Encoded"]
                 assert sorted(f["fields"]["index"] for f in encoded_facts) == list(range(31))
+
+
+def test_version_2_is_version_1_plus_the_remaster_rules() -> None:
+    """tenants/media-encoding/v2 keeps a copy of version 1's rules (a project's rules folders
+    cannot leave it): the copy must not drift. Its own rule tests pass."""
+    v1 = (TENANT / "rules" / "video_encode.emx").read_text(encoding="utf-8")
+    v2 = (TENANT / "v2" / "rules" / "video_encode.emx").read_text(encoding="utf-8")
+    start = v2.index("    // ── version 2: remaster")
+    end = v2.index("    // Before anything else: the first Failed fact fails the workflow")
+    assert v2[:start] + v2[end:] == v1
+    assert "rule 'remaster chunk'" in v2[start:end]
+    assert "passed, 0 failed" in emirax("test", str(TENANT / "v2"))
