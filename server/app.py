@@ -157,11 +157,15 @@ def create_app(store: Store, *, admin_token: str, plugins: pluggy.PluginManager 
     metrics = Metrics(store)
 
     def committed(tenant_id: int, work: Work) -> None:
-        """After a transaction of steps commits: metrics, and wake the runners its work needs."""
+        """After a transaction of steps commits: metrics, wake the runners its work needs, and
+        re-evaluate a workflow that came to rest under a version activated while it ran."""
         metrics.steps_of(tenant_id, work.durations)
         queue.wake(tenant_id, work)
+        if work.stale:
+            reevaluator.kick()
 
     reevaluator = Reevaluator(store, spaces, stepper, queue, committed)
+    queue.on_commit = committed
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

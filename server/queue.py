@@ -198,6 +198,8 @@ class Queue:
         self.me = uuid.uuid4().hex[:12]
         self._seen: dict[tuple[int, str], float] = {}
         self.listener: Listener | None = None
+        # What runs after a settling transaction commits (set by the app); `wake` without it.
+        self.on_commit: Callable[[int, Work], None] | None = None
 
     # lifecycle
 
@@ -432,7 +434,10 @@ class Queue:
         return None
 
     def _after(self, tenant_id: int, work: Work, retry_at: datetime | None) -> None:
-        self.wake(tenant_id, work)
+        if self.on_commit is not None:
+            self.on_commit(tenant_id, work)  # the server's: metrics, waking, re-evaluation
+        else:
+            self.wake(tenant_id, work)
         if retry_at is not None:
             self.waker.notify(tenant_id, {}, retry_at)
         self.waker.freed(tenant_id)

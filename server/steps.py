@@ -41,6 +41,9 @@ class Work:
 
     queued: Counter[str] = field(default_factory=Counter)
     durations: list[float] = field(default_factory=list)  # seconds of each engine step
+    # A workflow came to rest (waiting or completed) under a version that is no longer its
+    # package's active one: re-evaluation owes it a step (always on).
+    stale: bool = False
 
 
 def cache_key(wf: Workflow, name: str, args: list[Any]) -> str | None:
@@ -73,6 +76,9 @@ class Stepper:
                 and inv.id in tx.state.calls and (key := cache_key(wf, inv.name, inv.args))}
         tx.apply(delta, keys)
         work.durations.append(time.perf_counter() - began)
+        if delta.status in ("waiting", "completed") and \
+                self.active_version(tx.tenant_id, wf.package) not in (None, tx.version):
+            work.stale = True
         follow: list[Event] = []
         notes: list[dict[str, Any]] = []
         # A workflow created by this transaction has no recorded result to reuse yet.

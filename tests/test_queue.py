@@ -445,3 +445,17 @@ def test_a_stopping_server_answers_its_long_polls_at_once(tmp_path: Path, bundle
             assert got and got[0].status_code == 200 and got[0].json()["invocations"] == []
     finally:
         srv.stop()
+
+
+def test_a_workflow_running_when_a_version_is_activated_moves_to_it_when_it_rests(
+        server: Server, bundles: dict[str, bytes]) -> None:
+    with tenant(server, bundles) as c:
+        start(c, "w1", ("a", 3))
+        [inv] = lease(c, ["work"])
+        assert c.post("/v1/bundles", content=bundles["2"]).status_code == 201
+        assert c.post("/v1/bundles/demo.jobs/versions/2.0.0/activate").status_code == 200
+        time.sleep(0.3)  # the activation's re-evaluation finds w1 running: nothing owed yet
+        assert c.get("/v1/workflows/w1").json()["version"] == "1.0.0"
+        assert complete(c, inv, 4).json()["applied"] is True  # completes under 1.0.0 ...
+        view = wait_until(lambda: (v := c.get("/v1/workflows/w1").json())["version"] == "2.0.0" and v)
+        assert {"type": "Done", "fields": {"name": "a", "value": 40}} in view["facts"]  # ... then 2.0.0
