@@ -147,8 +147,14 @@ def test_another_tenant_sees_nothing(server: Server, tenants: dict[str, str], or
 def test_the_openapi_document_lists_the_routes(server: Server) -> None:
     doc = server.client(None).get("/openapi.json").json()
     for path in ("/v1/tenants", "/v1/bundles", "/v1/workflows", "/v1/workflows/{workflow_id}",
-                 "/v1/workflows/{workflow_id}/facts", "/v1/workflows/{workflow_id}/trace"):
+                 "/v1/workflows/{workflow_id}/facts", "/v1/workflows/{workflow_id}/trace",
+                 "/v1/runners/lease", "/v1/invocations/complete",
+                 "/v1/invocations/{invocation_id}/complete", "/v1/invocations/{invocation_id}/fail",
+                 "/v1/invocations/{invocation_id}/heartbeat", "/v1/invocations/{invocation_id}/release"):
         assert path in doc["paths"]
+    lease = doc["paths"]["/v1/runners/lease"]["post"]["requestBody"]["content"]["application/json"]
+    schema = doc["components"]["schemas"][lease["schema"]["$ref"].rsplit("/", 1)[1]]
+    assert {"runner", "functions", "max", "wait"} <= set(schema["properties"])
 
 
 ORDERS_V2 = ORDERS.replace("    fact Shipped(String carrier)\n", "    fact Shipped(String carrier)\n    fact Audited(int items)\n").replace(
