@@ -282,6 +282,8 @@ class Queue:
     async def _saw(self, tenant_id: int, runner: str, functions: Sequence[str]) -> None:
         now = time.monotonic()
         if now - self._seen.get((tenant_id, runner), -1e9) >= RUNNER_SEEN_EVERY:
+            if len(self._seen) > 10_000:  # names hold pids: bounded, at the cost of a write each
+                self._seen.clear()
             self._seen[(tenant_id, runner)] = now
             await run_in_threadpool(self.store.seen_runner, tenant_id, runner, functions)
 
