@@ -19,7 +19,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
@@ -101,6 +101,17 @@ def database(request: pytest.FixtureRequest, stack: ExitStack, home: Path, kind:
     if kind == "sqlite":
         return f"sqlite:///{home / 'emirax.db'}"
     return stack.enter_context(fresh_database(request.getfixturevalue("postgres_url")))
+
+
+@contextmanager
+def running_server(request: pytest.FixtureRequest, home: Path,
+                   make: Callable[[str, Path], ServerProcess]) -> Iterator[ServerProcess]:
+    """`make(url, home)` on the database `request.param` names (a BACKENDS fixture's), stopped
+    and its database dropped at the end."""
+    with ExitStack() as stack:
+        srv = make(database(request, stack, home, request.param), home)
+        stack.callback(srv.stop)
+        yield srv
 
 
 class ServerProcess:

@@ -12,13 +12,12 @@ import secrets
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack
 from pathlib import Path
 
 import httpx
 import pytest
 
-from serverkit import BACKENDS, ORDERS, ServerProcess, compile_bundle, database
+from serverkit import BACKENDS, ORDERS, ServerProcess, compile_bundle, running_server
 
 ADMIN = "admin-" + secrets.token_hex(8)
 class Server(ServerProcess):
@@ -28,10 +27,7 @@ class Server(ServerProcess):
 
 @pytest.fixture(scope="module", params=BACKENDS)
 def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    home = tmp_path_factory.mktemp("home")
-    with ExitStack() as stack:
-        srv = Server(database(request, stack, home, request.param), home)
-        stack.callback(srv.stop)
+    with running_server(request, tmp_path_factory.mktemp("home"), Server) as srv:
         yield srv
 
 
