@@ -43,6 +43,7 @@ from emirax.engine.values import FactValue
 from server.store import models as m
 from server.store.models import utcnow
 from server.store.queue import OPEN, QueueStore, Refused, refusal, waiting_reasons
+from server.store.writes import Writes, write_postgres, write_rows
 
 __all__ = [
     "Conflict", "InvocationInfo", "NotFound", "PackageInfo", "Refused", "StepHandle", "Store",
@@ -711,20 +712,18 @@ class StepHandle:
         -> key) marks the new calls whose results may be reused (execution avoidance)."""
         if self._closed:
             raise StoreError("this step's transaction has ended")
-        conn, pk, now = self._conn, self._pk, utcnow()
-        _write_facts(conn, pk, delta)
-        if delta.fired:
-            conn.execute(FIRED.insert(), [
-                {"workflow_pk": pk, "key_hash": h, "key": text}
-                for h, text in map(fired_key, delta.fired)])
-        _write_pending(conn, pk, delta)
-        self._write_invocations(delta, now, cache_keys or {})
-        if delta.trace:
-            conn.execute(TRACE.insert(), [
-                {"workflow_pk": pk, "seq": self._seq + i, "at": now, "event": event}
-                for i, event in enumerate(delta.trace)])
-            self._seq += len(delta.trace)
-        self._write_workflow(delta, now)
+        w = Writes(utcnow())
+        _fact_writes(w, delta)
+        w.fired = [{"key_hash": h, "key": text} for h, text in map(fired_key, delta.fired)]
+        _pending_writes(w, delta)
+        self._invocation_writes(w, delta, cache_keys or {})
+        w.trace = [{"seq": self._seq + i, "event": event} for i, event in enumerate(delta.trace)]
+        self._seq += len(delta.trace)
+        self._workflow_writes(w, delta)
+        if self._store.dialect == "postgresql":
+            write_postgres(self._conn, self._pk, w)  # one statement, one round trip
+        else:
+            write_rows(self._conn, self._pk, w)
 
     # ── the invocation queue (docs/queue.md) ──────────────────────────────────────────────────
 
@@ -834,59 +833,39 @@ class StepHandle:
         row = self._store._lock(self._conn, self._tenant_id, None, pk=pk)
         return (self._store._nested(self, row, created=False), call) if row is not None else None
 
-    def _write_invocations(self, delta: Delta, now: datetime, cache_keys: dict[int, str]) -> None:
+    def _invocation_writes(self, w: Writes, delta: Delta, cache_keys: dict[int, str]) -> None:
         """Queue the new invocations and settle the ones that left the state's open calls:
         cancelled ones as the delta says, the others because a result or failure closed them."""
-        conn, pk = self._conn, self._pk
         cancelled = set(delta.cancelled)
         still_open = set(self.state.calls)
         new = {inv.id for inv in delta.invocations}
-        if delta.invocations:
-            conn.execute(INVOCATIONS.insert(), [
-                {"tenant_id": self._tenant_id, "workflow_pk": pk, "call_id": inv.id,
-                 "kind": inv.kind, "name": inv.name, "args": inv.args, "facts": inv.facts,
-                 "options": inv.options, "rule": inv.rule,
-                 "priority": _priority(inv.options, self._row["priority"]),
-                 "status": ("cancelled" if inv.id in cancelled
-                            else "queued" if inv.id in still_open else "done"),
-                 "cache_key": cache_keys.get(inv.id), "created_at": now}
-                for inv in delta.invocations])
+        w.calls_new = [
+            {"tenant_id": self._tenant_id, "call_id": inv.id, "kind": inv.kind, "name": inv.name,
+             "args": inv.args, "facts": inv.facts, "options": inv.options, "rule": inv.rule,
+             "priority": _priority(inv.options, self._row["priority"]),
+             "status": ("cancelled" if inv.id in cancelled
+                        else "queued" if inv.id in still_open else "done"),
+             "cache_key": cache_keys.get(inv.id), "created_at": w.now}
+            for inv in delta.invocations]
         settled = self._open - still_open - self._settled
         with_results = {c: self._results.pop(c) for c in settled - cancelled if c in self._results}
-        if with_results:
-            conn.execute(_DONE_WITH_RESULT, [
-                {"b_pk": pk, "b_call": c, "b_result": v, "b_now": now} for c, v in with_results.items()])
+        w.calls_done_with_result = [{"call_id": c, "result": v} for c, v in with_results.items()]
         for status, calls in (("cancelled", settled & cancelled),
                               ("done", settled - cancelled - set(with_results))):
             if calls - new:
-                conn.execute(INVOCATIONS.update()
-                             .where(INVOCATIONS.c.workflow_pk == pk,
-                                    INVOCATIONS.c.call_id.in_(sorted(calls - new)),
-                                    INVOCATIONS.c.status.in_(OPEN))
-                             .values(status=status, finished_at=now))
+                w.calls_closed[status] = sorted(calls - new)
         self._open = still_open
 
-    def _write_workflow(self, delta: Delta, now: datetime) -> None:
+    def _workflow_writes(self, w: Writes, delta: Delta) -> None:
         state = self.state
         self.revision = self._base_revision + 1  # one revision per transaction
-        values = {
+        w.workflow = {
             "status": delta.status, "output": delta.output, "error": delta.error,
             "version": state.version or self._row["version"], "next_fact": state.next_fact,
             "next_call": state.next_call, "next_pending": state.next_pending,
-            "next_seq": self._seq, "revision": self.revision, "updated_at": now,
+            "next_seq": self._seq, "revision": self.revision, "updated_at": w.now,
         }
-        self._conn.execute(WORKFLOWS.update().where(WORKFLOWS.c.pk == self._pk).values(**values))
-        self._row.update(values)
-
-
-# A call closed by a runner's result: done, the result kept, in one statement per row.
-_DONE_WITH_RESULT = (
-    INVOCATIONS.update()
-    .where(INVOCATIONS.c.workflow_pk == sa.bindparam("b_pk"),
-           INVOCATIONS.c.call_id == sa.bindparam("b_call"),
-           sa.or_(*(INVOCATIONS.c.status == s for s in OPEN)))  # no IN with executemany
-    .values(status="done", result=sa.bindparam("b_result", type_=m.JSONDoc),
-            finished_at=sa.bindparam("b_now"), lease_expires=None))
+        self._row.update(w.workflow)
 
 
 # ── reading and writing a workflow's rows ──────────────────────────────────────────────────────
@@ -953,43 +932,24 @@ def _open_calls(pending: Iterable[Pending]) -> dict[int, int]:
     return {c: p.id for p in pending for c in p.calls if c not in p.results}
 
 
-def _write_facts(conn: sa.Connection, pk: int, delta: Delta) -> None:
-    if delta.inserted:
-        conn.execute(FACTS.insert(), [
-            {"workflow_pk": pk, "fact_id": f.id, "version": f.version, "type": f.type,
-             "fields": dict(f.fields)} for f in delta.inserted])
-    if delta.modified:
-        conn.execute(
-            FACTS.update()
-            .where(FACTS.c.workflow_pk == pk, FACTS.c.fact_id == sa.bindparam("b_id"))
-            .values(version=sa.bindparam("b_version"), fields=sa.bindparam("b_fields")),
-            [{"b_id": f.id, "b_version": f.version, "b_fields": dict(f.fields)}
-             for f in delta.modified])
-    if delta.retracted:
-        conn.execute(FACTS.delete().where(FACTS.c.workflow_pk == pk,
-                                          FACTS.c.fact_id.in_(delta.retracted)))
+def _fact_writes(w: Writes, delta: Delta) -> None:
+    w.facts_new = [{"fact_id": f.id, "version": f.version, "type": f.type, "fields": dict(f.fields)}
+                   for f in delta.inserted]
+    w.facts_changed = [{"fact_id": f.id, "version": f.version, "fields": dict(f.fields)}
+                       for f in delta.modified]
+    w.facts_gone = list(delta.retracted)
 
 
-def _write_pending(conn: sa.Connection, pk: int, delta: Delta) -> None:
+def _pending_writes(w: Writes, delta: Delta) -> None:
     """Net effect of opened/updated/closed: an activation opened and closed in the same delta
     (a batch, or a failure in the same step) never reaches the table."""
     closed = set(delta.closed)
     opened = {p.id: p for p in delta.opened}
-    inserts = [p for i, p in opened.items() if i not in closed]
+    w.pending_new = [{"pending_id": i, "doc": p.to_json()} for i, p in opened.items()
+                     if i not in closed]
     updates = {p.id: p for p in delta.updated if p.id not in opened and p.id not in closed}
-    deletes = sorted(i for i in closed if i not in opened)
-    if inserts:
-        conn.execute(PENDING.insert(), [
-            {"workflow_pk": pk, "pending_id": p.id, "doc": p.to_json()} for p in inserts])
-    if updates:
-        conn.execute(
-            PENDING.update()
-            .where(PENDING.c.workflow_pk == pk, PENDING.c.pending_id == sa.bindparam("b_id"))
-            .values(doc=sa.bindparam("b_doc")),
-            [{"b_id": p.id, "b_doc": p.to_json()} for p in updates.values()])
-    if deletes:
-        conn.execute(PENDING.delete().where(PENDING.c.workflow_pk == pk,
-                                            PENDING.c.pending_id.in_(deletes)))
+    w.pending_changed = [{"pending_id": i, "doc": p.to_json()} for i, p in updates.items()]
+    w.pending_gone = sorted(i for i in closed if i not in opened)
 
 
 def _queued(conn: sa.Connection, pk: int, default_limit: int) -> list[InvocationInfo]:
