@@ -59,7 +59,8 @@ def emirax(env: dict[str, str], *args: str, cwd: Path = ROOT) -> Run:
 
 
 def copy_tenant(dest: Path, *, python_tests: bool = False) -> Path:
-    ignore = ["__pycache__", ".pytest_cache"] + ([] if python_tests else ["test_*.py"])
+    """The tenant's version 1 project (without v2/, a project of its own with its own tests)."""
+    ignore = ["__pycache__", ".pytest_cache", "v2"] + ([] if python_tests else ["test_*.py"])
     return Path(shutil.copytree(TENANT, dest, ignore=shutil.ignore_patterns(*ignore)))
 
 
