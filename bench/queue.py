@@ -548,7 +548,8 @@ def lease_plan(ctx: Context) -> str:
     rows = ctx.sql(
         "explain select id from invocations where tenant_id = %s and status = 'queued' and "
         "kind = 'call' and name in ('work') and (available_at is null or available_at <= now()) "
-        "order by priority desc, id limit %s for update skip locked", (ctx.fan[0], ctx.args.batch))
+        "order by priority desc, workflow_pk, call_id limit %s for update skip locked",
+        (ctx.fan[0], ctx.args.batch))
     nodes = [line.strip().lstrip("-> ").split("  (")[0] for (line,) in rows
              if "(cost=" in line]
     return " -> ".join(nodes)

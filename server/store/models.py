@@ -232,8 +232,10 @@ class Invocation(Base):
     __tablename__ = "invocations"
     __table_args__ = (
         sa.UniqueConstraint("workflow_pk", "call_id"),
-        # The lease: a tenant's queued work, highest priority first, then oldest.
-        sa.Index("ix_invocations_lease", "tenant_id", "status", sa.desc("priority"), "id"),
+        # The lease: a tenant's queued work, highest priority first, then the oldest workflow's,
+        # in call order (a workflow's calls stay together, so a batch is one workflow's).
+        sa.Index("ix_invocations_lease", "tenant_id", "status", sa.desc("priority"), "workflow_pk",
+                 "call_id"),
         # The sweeper: leases past their deadline, on every tenant.
         sa.Index("ix_invocations_status_lease_expires", "status", "lease_expires"),
     )

@@ -10,8 +10,8 @@ Settling an invocation (a result, a failure, an expired lease) changes its workf
 happens in a step transaction (`Store.step_invocation`, `StepHandle.invocation`), not here.
 
 Leasing follows PgQueuer and procrastinate: one `UPDATE ... WHERE id IN (SELECT ... ORDER BY
-priority DESC, id LIMIT n FOR UPDATE SKIP LOCKED) RETURNING`, the order inside the locking
-subquery, so concurrent runners take disjoint rows without waiting for each other. A tenant's
+priority DESC, workflow_pk, call_id LIMIT n FOR UPDATE SKIP LOCKED) RETURNING`, the order
+inside the locking subquery, so concurrent runners take disjoint rows without waiting for each other. A tenant's
 in-flight limit is checked under a transaction-scoped advisory lock per tenant (SQLite's writer
 lock serialises leases anyway), so concurrent leases never exceed it.
 """
@@ -114,10 +114,10 @@ class QueueStore:
     def lease(self, tenant_id: int, runner: str, functions: Sequence[str], count: int, *,
               lease_seconds: float) -> tuple[list[Leased], bool, datetime | None]:
         """Lease up to `count` of the tenant's queued calls of `functions`, highest priority
-        first, then oldest. Returns them, whether the tenant is at its in-flight limit, and
-        (when nothing was leased) when the earliest backing-off one becomes available: read in
-        the same transaction, at the same `now`, so no invocation can become available unseen
-        between the two."""
+        first, then the oldest workflow's, in call order. Returns them, whether the tenant is
+        at its in-flight limit, and (when nothing was leased) when the earliest backing-off one
+        becomes available: read in the same transaction, at the same `now`, so no invocation
+        can become available unseen between the two."""
         now = utcnow()
         i = INVOCATIONS.c
         with self._tx(write=True) as conn:
@@ -132,7 +132,7 @@ class QueueStore:
                       .where(i.tenant_id == tenant_id, i.status == "queued", i.kind == "call",
                              i.name.in_(list(functions)),
                              sa.or_(i.available_at.is_(None), i.available_at <= now))
-                      .order_by(i.priority.desc(), i.id)
+                      .order_by(i.priority.desc(), i.workflow_pk, i.call_id)
                       .limit(min(count, room))
                       .with_for_update(skip_locked=True))
             rows = conn.execute(
@@ -158,7 +158,7 @@ class QueueStore:
         leased = [Leased(r.id, f"{ids[r.workflow_pk]}:{r.call_id}", r.fence, ids[r.workflow_pk],
                          r.name, r.args, r.attempt, r.options,
                          deadlines.get(r.id, r.lease_expires), r.created_at)
-                  for r in sorted(rows, key=lambda r: (-r.priority, r.id))]
+                  for r in sorted(rows, key=lambda r: (-r.priority, r.workflow_pk, r.call_id))]
         return leased, len(rows) >= room, None
 
     def _workflow_ids(self, conn: sa.Connection, pks: set[int]) -> dict[int, str]:

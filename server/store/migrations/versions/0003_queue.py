@@ -44,7 +44,7 @@ def upgrade() -> None:
     op.add_column("invocations", _time("finished_at"))
     op.drop_index("ix_invocations_tenant_status_priority_id", table_name="invocations")
     op.create_index("ix_invocations_lease", "invocations",
-                    ["tenant_id", "status", sa.text("priority DESC"), "id"])
+                    ["tenant_id", "status", sa.text("priority DESC"), "workflow_pk", "call_id"])
     op.create_index("ix_invocations_status_lease_expires", "invocations", ["status", "lease_expires"])
     op.create_table(
         "runners",
