@@ -1,7 +1,8 @@
 # The two commands of a fresh machine (see README.md):
-#   make run    the main job: check, compile, rule-test and run the example video workflow
+#   make run    the main job: check and rule-test the example tenant, then run its video workflow
+#               as a service on the embedded SQLite (make quickstart: only that part)
 #   make test   the test suite (make test-slow: with the slow tests)
-#   make quickstart  the video pipeline as a service: server, tenant, upload, runners, a workflow
+#   make run-local  the same workflow with no server (emirax run)
 # Both create the virtual environment when it is missing and install the project into it.
 
 VENV ?= .venv
@@ -10,19 +11,24 @@ PYTEST_ARGS ?=
 BIN := $(VENV)/bin
 # Reinstall only when the project's metadata changes; the editable install follows the sources.
 STAMP := $(VENV)/.emirax-installed
+QUICKSTART = EMIRAX=$(BIN)/emirax PYTHON=$(BIN)/python bash tenants/media-encoding/quickstart.sh
 
-.PHONY: run test test-slow quickstart install clean
+.PHONY: run run-local test test-slow quickstart install clean
 
 run: $(STAMP)
-	@mkdir -p build
 	$(BIN)/emirax check tenants/media-encoding
-	$(BIN)/emirax compile tenants/media-encoding -o build/media-encoding.emxb
 	$(BIN)/emirax test tenants/media-encoding
+	$(QUICKSTART)
+
+# The same workflow with no server: `emirax run` on this machine's threads.
+run-local: $(STAMP)
+	@mkdir -p build
+	$(BIN)/emirax compile tenants/media-encoding -o build/media-encoding.emxb
 	$(BIN)/emirax run build/media-encoding.emxb --workflow VideoEncode \
 	    --facts tenants/media-encoding/request.json --functions tenants/media-encoding/functions.py
 
 quickstart: $(STAMP)
-	bash tenants/media-encoding/quickstart.sh
+	$(QUICKSTART)
 
 # pytest's exit code 5 (no test collected) is a failure here: a suite that ran nothing is broken.
 define pytest

@@ -6,13 +6,16 @@
 #   make quickstart          (or: bash tenants/media-encoding/quickstart.sh)
 #
 # Everything it makes lives in build/quickstart/ (the database, the logs, the blobs); the server
-# and the runners stop when it ends. PORT (default 8080) moves the server.
+# and the runners stop when it ends. PORT (default 8080) moves the server; EMIRAX and PYTHON
+# name the command and the interpreter (default: the project's .venv); QUICKSTART_HOME moves
+# build/quickstart.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 EMIRAX=${EMIRAX:-.venv/bin/emirax}
+PYTHON=${PYTHON:-.venv/bin/python}
 PORT=${PORT:-8080}
-export EMIRAX_HOME=$PWD/build/quickstart
+export EMIRAX_HOME=${QUICKSTART_HOME:-$PWD/build/quickstart}
 export EMIRAX_SERVER=http://127.0.0.1:$PORT
 export MEDIA_ENCODING_STORE=$EMIRAX_HOME/blobs
 rm -rf "$EMIRAX_HOME" && mkdir -p "$EMIRAX_HOME"
@@ -34,7 +37,7 @@ export EMIRAX_ADMIN_TOKEN=$(cat "$EMIRAX_HOME/admin-token")
 
 step "2. a tenant"
 "$EMIRAX" tenants create media --json > "$EMIRAX_HOME/tenant.json"
-export EMIRAX_TOKEN=$(.venv/bin/python -c 'import json, sys; print(json.load(open(sys.argv[1]))["token"])' "$EMIRAX_HOME/tenant.json")
+export EMIRAX_TOKEN=$("$PYTHON" -c 'import json, sys; print(json.load(open(sys.argv[1]))["token"])' "$EMIRAX_HOME/tenant.json")
 echo "tenant media created; its token is in $EMIRAX_HOME/tenant.json"
 
 step "3. compile the rules and upload the bundle"
