@@ -288,3 +288,17 @@ class TraceEvent(Base):
     seq: Mapped[int] = mapped_column(sa.Integer, primary_key=True, autoincrement=False)
     at: Mapped[datetime]
     event: Mapped[Any] = mapped_column(JSONDoc)
+
+
+# The tables as Core objects, for the store's statements (one name each, used by every module).
+TENANTS: sa.Table = Tenant.__table__  # type: ignore[assignment]
+BUNDLES: sa.Table = Bundle.__table__  # type: ignore[assignment]
+PACKAGES: sa.Table = Package.__table__  # type: ignore[assignment]
+IDEMPOTENCY: sa.Table = IdempotentResponse.__table__  # type: ignore[assignment]
+WORKFLOWS: sa.Table = Workflow.__table__  # type: ignore[assignment]
+FACTS: sa.Table = Fact.__table__  # type: ignore[assignment]
+FIRED: sa.Table = Fired.__table__  # type: ignore[assignment]
+PENDING: sa.Table = PendingRow.__table__  # type: ignore[assignment]
+INVOCATIONS: sa.Table = Invocation.__table__  # type: ignore[assignment]
+RUNNERS: sa.Table = Runner.__table__  # type: ignore[assignment]
+TRACE: sa.Table = TraceEvent.__table__  # type: ignore[assignment]

@@ -26,15 +26,10 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
-from server.store import models as m
-from server.store.models import utcnow
+from server.store.models import INVOCATIONS, RUNNERS, TENANTS, WORKFLOWS, utcnow
 
 __all__ = ["Leased", "OPEN", "QueueStore", "Refused", "attempt_deadline", "waiting_reasons"]
 
-INVOCATIONS: sa.Table = m.Invocation.__table__  # type: ignore[assignment]
-WORKFLOWS: sa.Table = m.Workflow.__table__  # type: ignore[assignment]
-TENANTS: sa.Table = m.Tenant.__table__  # type: ignore[assignment]
-RUNNERS: sa.Table = m.Runner.__table__  # type: ignore[assignment]
 
 OPEN = ("queued", "leased")
 # pg_advisory_xact_lock(QUEUE_LOCK, tenant id): one tenant's leases, one at a time.

@@ -40,8 +40,10 @@ from sqlalchemy.dialects import postgresql, sqlite
 from emirax.engine.state import Pending, WorkflowState, key_from_json, key_to_json
 from emirax.engine.step import Delta
 from emirax.engine.values import FactValue
-from server.store import models as m
-from server.store.models import utcnow
+from server.store.models import (
+    BUNDLES, FACTS, FIRED, IDEMPOTENCY, INVOCATIONS, PACKAGES, PENDING, TENANTS, TRACE, WORKFLOWS,
+    utcnow,
+)
 from server.store.queue import OPEN, QueueStore, Refused, refusal, waiting_reasons
 from server.store.writes import Writes, write_postgres, write_rows
 
@@ -55,16 +57,6 @@ MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 # Held (pg_advisory_xact_lock) while migrating, so servers starting together migrate once.
 MIGRATION_LOCK = 0x656D69726178  # "emirax"
 
-TENANTS: sa.Table = m.Tenant.__table__  # type: ignore[assignment]
-BUNDLES: sa.Table = m.Bundle.__table__  # type: ignore[assignment]
-PACKAGES: sa.Table = m.Package.__table__  # type: ignore[assignment]
-WORKFLOWS: sa.Table = m.Workflow.__table__  # type: ignore[assignment]
-FACTS: sa.Table = m.Fact.__table__  # type: ignore[assignment]
-FIRED: sa.Table = m.Fired.__table__  # type: ignore[assignment]
-PENDING: sa.Table = m.PendingRow.__table__  # type: ignore[assignment]
-INVOCATIONS: sa.Table = m.Invocation.__table__  # type: ignore[assignment]
-TRACE: sa.Table = m.TraceEvent.__table__  # type: ignore[assignment]
-IDEMPOTENCY: sa.Table = m.IdempotentResponse.__table__  # type: ignore[assignment]
 
 _compact = partial(json.dumps, separators=(",", ":"), allow_nan=False)
 

@@ -26,15 +26,10 @@ from typing import Any
 import sqlalchemy as sa
 
 from server.store import models as m
+from server.store.models import FACTS, FIRED, INVOCATIONS, PENDING, TRACE, WORKFLOWS
 
 __all__ = ["Writes", "write_postgres", "write_rows"]
 
-FACTS: sa.Table = m.Fact.__table__  # type: ignore[assignment]
-FIRED: sa.Table = m.Fired.__table__  # type: ignore[assignment]
-PENDING: sa.Table = m.PendingRow.__table__  # type: ignore[assignment]
-INVOCATIONS: sa.Table = m.Invocation.__table__  # type: ignore[assignment]
-TRACE: sa.Table = m.TraceEvent.__table__  # type: ignore[assignment]
-WORKFLOWS: sa.Table = m.Workflow.__table__  # type: ignore[assignment]
 OPEN = ("queued", "leased")
 
 _json = partial(json.dumps, separators=(",", ":"), allow_nan=False)
