@@ -70,7 +70,7 @@ _INDEXED = frozenset(("eachWithIndex",))
 _COMPARATORS = frozenset(("sort", "min", "max"))
 
 FUNCTION_OPTIONS = ("timeout", "retries", "backoff", "priority", "queue", "cache")
-RULE_OPTIONS = ("salience", "enabled")
+RULE_OPTIONS = ("salience", "enabled", "priority")
 DURATION = re.compile(r"^[0-9]+(ms|s|m|h)$")
 
 # Symbol kinds.
@@ -416,7 +416,7 @@ class Checker:
     @staticmethod
     def _rule_option(key: str, lit: nodes.Literal) -> str | None:
         v = lit.value
-        if key == "salience" and type(v) is not int:
+        if key in ("salience", "priority") and type(v) is not int:
             return "must be an int"
         if key == "enabled" and type(v) is not bool:
             return "must be true or false"

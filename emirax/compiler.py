@@ -132,6 +132,8 @@ class _Code:
         options = _options(rule.options)
         bound: set[str] = set()
         match = [self.match_item(item, bound) for item in rule.match]
+        # Written only when set: the IR (and digest) of every rule without it stays as it was.
+        extra = {"priority": options["priority"]} if options.get("priority") else {}
         return {
             "name": rule.name,
             "index": index,
@@ -143,6 +145,7 @@ class _Code:
             "action": self.section(rule.action, param=None),
             "reaction": self.section(rule.reaction, param="it") if rule.reaction else None,
             "error": self.section(rule.error, param="it") if rule.error else None,
+            **extra,
         }
 
     def section(self, section: nodes.Section | None, *, param: str | None) -> IR:

@@ -259,6 +259,9 @@ class _Validator:
     def rule(self, rule: Any, path: str, index: int) -> str:
         keys = ("name", "index", "salience", "enabled", "file", "at", "match", "action",
                 "reaction", "error")
+        if isinstance(rule, dict) and "priority" in rule:  # optional: absent means 0
+            keys += ("priority",)
+            _int(rule["priority"], f"{path}.priority")
         obj = _object(rule, path, keys)
         name = _string(obj["name"], f"{path}.name", MAX_NAME)
         if not name.strip():

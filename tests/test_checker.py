@@ -246,18 +246,19 @@ def test_valid_function_options_and_durations():
     assert run(src) == ([], [])
 
 
-def test_rule_options_are_salience_and_enabled_only():
+def test_rule_options_are_salience_enabled_and_priority_only():
     src = program("""
-    rule 'r' with [salience: 'high', enabled: 1, priority: 2] {
+    rule 'r' with [salience: 'high', enabled: 1, priority: 'top', weight: 2] {
         match { c: Chunk() }
         action { log 'x' }
     }
 """)
     errors = errors_of(src)
-    assert where(errors) == [at(src, "'high'"), at(src, "1,"), at(src, "priority")]
+    assert where(errors) == [at(src, "'high'"), at(src, "1,"), at(src, "'top'"), at(src, "weight")]
     assert "salience" in errors[0].message and "int" in errors[0].message
     assert "enabled" in errors[1].message and "true or false" in errors[1].message
-    assert "unknown option 'priority' for a rule" in errors[2].message
+    assert "priority" in errors[2].message and "int" in errors[2].message
+    assert "unknown option 'weight' for a rule" in errors[3].message
 
 
 # ── rules and sections ────────────────────────────────────────────────────────────────────────

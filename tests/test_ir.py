@@ -194,3 +194,14 @@ def test_signatures_name_workflows_facts_and_functions(doc: dict[str, Any]) -> N
     assert sig["functions"]["f"]["params"] == [["n", "int"]]
     assert sig["functions"]["f"]["options"]["timeout"] == 30
     assert sig["rules"] == ["join"]
+
+
+def test_a_rule_priority_is_in_the_ir_only_when_set(doc: dict[str, Any]) -> None:
+    rule = doc["workflows"][0]["rules"][0]
+    assert "priority" not in rule  # rules without it keep the IR (and digest) they had
+    rule["priority"] = 7
+    ir.validate(doc)
+    rule["priority"] = "high"
+    _refused(doc, r"rules\[0\]\.priority: expected a 64-bit integer")
+    prioritised = compile_source(SOURCE.replace("[salience: 5]", "[salience: 5, priority: 3]"))
+    assert [r.get("priority") for r in prioritised["workflows"][0]["rules"]] == [3]

@@ -56,7 +56,7 @@ workflow Job {
         reaction { v -> insert Done(name: t.name, value: v) }
         error { err -> insert Failed(name: t.name, message: err.type, attempts: err.attempts) }
     }
-    rule 'urgent' {
+    rule 'urgent' with [priority: 45] {
         match {
             t: Task(name == 'urgent')
             not Done(name == t.name)
@@ -286,8 +286,9 @@ def test_priority_overtakes_a_backlog(server: Server, bundles: dict[str, bytes])
         start(c, "vip", ("v", 1), priority=50)
         start(c, "urgent", ("urgent", 1))
         got = lease(c, ["work", "urgent"], n=3)
+        # urgent: its function's 10 and its rule's 45; vip: its start request's 50
         assert [(i["workflow"], i["function"]) for i in got] == [
-            ("vip", "work"), ("urgent", "urgent"), ("backlog", "work")]
+            ("urgent", "urgent"), ("vip", "work"), ("backlog", "work")]
         assert got[2]["args"] == ["t0", 0]  # then the oldest
 
 

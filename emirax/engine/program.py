@@ -91,6 +91,7 @@ class Rule:
     action: Section
     reaction: Section | None
     error: Section | None
+    priority: int = 0  # added to the queue priority of every call its sections make
     # Positions (in `elements`) of the positive patterns: an activation's tuple, in this order.
     positives: list[int] = field(default_factory=list)
     collects: list[int] = field(default_factory=list)
@@ -276,6 +277,7 @@ def _rule(r: Mapping[str, Any]) -> Rule:
         action=compile_section(r["action"]),
         reaction=compile_section(r["reaction"]) if r["reaction"] is not None else None,
         error=compile_section(r["error"]) if r["error"] is not None else None,
+        priority=r.get("priority", 0),
     )
     rule.positives = [e.pos for e in elements if e.positive]
     rule.collects = [e.pos for e in elements if e.kind == "collect"]

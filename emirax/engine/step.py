@@ -629,6 +629,8 @@ class _SectionHost(RecordingHost):
     def invoke(self, function: str, args: list[Any]) -> Placeholder:
         fn = self.run.wf.functions.get(function)
         options = dict(fn.options) if fn is not None else {}
+        if self.rule.priority:  # the queue serves the function's and the rule's priority, summed
+            options["priority"] = (options.get("priority") or 0) + self.rule.priority
         # A copy: the host's function may change its arguments; stored facts must not change.
         return self._call("call", function, function, _copy(args), [], options)
 
