@@ -158,12 +158,27 @@ class Server:
         return "\n".join(text.splitlines()[-lines:])
 
     def cpu_seconds(self) -> float:
-        """User + system CPU of the server process so far (Linux /proc; 0 elsewhere)."""
-        try:
-            stat = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            return 0.0
-        return (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
+        """User + system CPU so far of the server process and its live descendants (uvicorn's
+        worker processes with `--workers N`), from Linux /proc; 0 elsewhere."""
+        stats: dict[int, tuple[int, float]] = {}  # pid -> (parent pid, CPU seconds)
+        tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        for entry in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                rest = entry.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            stats[int(entry.parent.name)] = (int(rest[1]), (int(rest[11]) + int(rest[12])) / tick)
+        family, total = {self.proc.pid}, 0.0
+        grew = True
+        while grew:  # parents before children is not guaranteed: widen until nothing joins
+            grew = False
+            for pid, (parent, _) in stats.items():
+                if parent in family and pid not in family:
+                    family.add(pid)
+                    grew = True
+        for pid in family:
+            total += stats.get(pid, (0, 0.0))[1]
+        return total
 
     def stop(self) -> None:
         if self.proc.poll() is None:
