@@ -157,10 +157,14 @@ def create_app(store: Store, *, admin_token: str, plugins: pluggy.PluginManager 
     metrics = Metrics(store)
 
     def committed(tenant_id: int, work: Work) -> None:
-        """After a transaction of steps commits: metrics, wake the runners its work needs, and
+        """After a transaction of steps commits (any route, re-evaluation, a runner's result):
+        metrics, wake the runners its work needs, tell the dispatch plugins what it queued, and
         re-evaluate a workflow that came to rest under a version activated while it ran."""
         metrics.steps_of(tenant_id, work.durations)
         queue.wake(tenant_id, work)
+        if work.invocations:
+            hooks.hook.emirax_dispatch(tenant_id=tenant_id,
+                                       invocations=[i.to_json() for i in work.invocations])
         if work.stale:
             reevaluator.kick()
 
@@ -187,12 +191,6 @@ def create_app(store: Store, *, admin_token: str, plugins: pluggy.PluginManager 
     _errors(app)
 
     tokens: dict[str, Principal] = {}
-
-    def dispatch(tenant_id: int, delta: Any) -> None:
-        """After the commit: tell the dispatch plugins what the step queued."""
-        if delta is not None and delta.invocations:
-            hooks.hook.emirax_dispatch(tenant_id=tenant_id,
-                                       invocations=[i.to_json() for i in delta.invocations])
 
     def who(authorization: str) -> Principal | None:
         """The principal of an Authorization header: plugins first, then the admin token, then
@@ -336,9 +334,8 @@ def create_app(store: Store, *, admin_token: str, plugins: pluggy.PluginManager 
         try:
             with store.start(tenant_id, wf.name, package, version, client_id=body.id,
                              priority=body.priority) as tx:
-                delta = None
                 if tx.created:
-                    delta = stepper.run(tx, wf, Start(facts), work)
+                    stepper.run(tx, wf, Start(facts), work)
                     queue.publish(tx, work)
                 view, created = tx.view(), tx.created
         except InputError as exc:
@@ -346,7 +343,6 @@ def create_app(store: Store, *, admin_token: str, plugins: pluggy.PluginManager 
         except Conflict as exc:
             raise Problem(409, "Conflict", str(exc)) from None
         committed(tenant_id, work)
-        dispatch(tenant_id, delta)
         return JSONResponse(view, status_code=201 if created else 200)
 
     @app.get("/v1/workflows")
@@ -373,10 +369,8 @@ def create_app(store: Store, *, admin_token: str, plugins: pluggy.PluginManager 
     def add_facts(workflow_id: str, body: FactsIn, tenant_id: Tenant) -> dict[str, Any]:
         facts = [{"type": f.type, "fields": f.fields} for f in body.facts]
         work = Work()
-        delta, view = _step(store, tenant_id, workflow_id, spaces, stepper, queue,
-                            AddFacts(facts), work)
+        view = _step(store, tenant_id, workflow_id, spaces, stepper, queue, AddFacts(facts), work)
         committed(tenant_id, work)
-        dispatch(tenant_id, delta)
         return view
 
     @app.get("/v1/workflows/{workflow_id}/trace")
@@ -454,15 +448,15 @@ def create_app(store: Store, *, admin_token: str, plugins: pluggy.PluginManager 
 
 
 def _step(store: Store, tenant_id: int, workflow_id: str, spaces: Spaces, stepper: Stepper,
-          queue: Queue, event: Any, work: Work) -> tuple[Any, dict[str, Any]]:
+          queue: Queue, event: Any, work: Work) -> dict[str, Any]:
     """One evaluation step (and what follows it) in one transaction, the workflow row locked;
-    returns its delta and the workflow's view after it (read in the same transaction)."""
+    returns the workflow's view after it (read in the same transaction)."""
     try:
         with store.step(tenant_id, workflow_id) as tx:
             wf = spaces.workflow(tenant_id, tx.state.workflow, tx.version)
             if wf is None:
                 raise Problem(409, "Conflict", f"the bundle of {workflow_id} is not available")
-            delta = stepper.run(tx, wf, event, work)
+            stepper.run(tx, wf, event, work)
             queue.publish(tx, work)
             view = tx.view()
     except NotFound:
@@ -471,7 +465,7 @@ def _step(store: Store, tenant_id: int, workflow_id: str, spaces: Spaces, steppe
         raise Problem(422, "Invalid facts", str(exc)) from None
     except EngineError as exc:
         raise Problem(409, "Conflict", str(exc)) from None
-    return delta, view
+    return view
 
 
 def _view(store: Store, tenant_id: int, workflow_id: str) -> dict[str, Any]:

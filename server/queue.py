@@ -236,16 +236,18 @@ class Queue:
     def publish(self, tx: StepHandle, work: Work, at: datetime | None = None) -> None:
         """Inside the step's transaction: tell the other server processes (PostgreSQL NOTIFY,
         delivered only if the transaction commits)."""
-        if self.store.dialect != "postgresql" or (not work.queued and at is None):
+        queued = work.queued
+        if self.store.dialect != "postgresql" or (not queued and at is None):
             return
-        payload = json.dumps({"s": self.me, "t": tx.tenant_id, "q": dict(work.queued),
+        payload = json.dumps({"s": self.me, "t": tx.tenant_id, "q": dict(queued),
                               "at": at.isoformat() if at else None})
         tx.notify(CHANNEL, payload)
 
     def wake(self, tenant_id: int, work: Work) -> None:
         """After the commit: wake this process's runners waiting for that work."""
-        if work.queued:
-            self.waker.notify(tenant_id, work.queued)
+        queued = work.queued
+        if queued:
+            self.waker.notify(tenant_id, queued)
 
     # leasing
 

@@ -4,7 +4,7 @@
     with store.step(tenant_id, workflow_id) as tx:
         work = Work()
         delta = stepper.run(tx, wf, AddFacts(facts), work)
-    waker.notify(tenant_id, work.queued)            # after the commit: wake runners
+    committed(tenant_id, work)                      # after the commit: wake runners, ...
 
 A step's delta is written whole (`StepHandle.apply`); then, still in the transaction:
 - a `start` invocation starts its child workflow (a new row, stepped with its Start facts);
@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from emirax.engine.program import EngineError, InputError, Workflow
-from emirax.engine.step import Delta, Event, Failure, Limits, Result, Start, step
+from emirax.engine.step import Delta, Event, Failure, Invocation, Limits, Result, Start, step
 from server.store import StepHandle
 
 __all__ = ["MAX_DEPTH", "Stepper", "Work", "cache_key"]
@@ -37,13 +37,19 @@ MAX_DEPTH = 16  # children of children: deeper than this fails the `start` call
 
 @dataclass
 class Work:
-    """What a transaction's steps queued for runners, by tenant and function (for the waker)."""
+    """What a transaction's steps did, for what follows its commit: the invocations they
+    queued (calls for runners, and children started), the engine time, and staleness."""
 
-    queued: Counter[str] = field(default_factory=Counter)
+    invocations: list[Invocation] = field(default_factory=list)
     durations: list[float] = field(default_factory=list)  # seconds of each engine step
     # A workflow came to rest (waiting or completed) under a version that is no longer its
     # package's active one: re-evaluation owes it a step (always on).
     stale: bool = False
+
+    @property
+    def queued(self) -> Counter[str]:
+        """The queued calls by function: what runners must be woken for."""
+        return Counter(inv.name for inv in self.invocations if inv.kind == "call")
 
 
 def cache_key(wf: Workflow, name: str, args: list[Any]) -> str | None:
@@ -89,12 +95,13 @@ class Stepper:
             if inv.id not in tx.state.calls:
                 continue  # closed in the same step (the workflow failed)
             if inv.kind == "start":
+                work.invocations.append(inv)
                 follow += self._start_child(tx, wf, inv.id, inv.name, inv.facts, work, depth)
             elif inv.id in reused:
                 follow.append(Result(inv.id, reused[inv.id]))
                 notes.append({"event": "reused", "call": inv.id, "function": inv.name})
             else:
-                work.queued[inv.name] += 1
+                work.invocations.append(inv)
         tx.note(notes)
         if follow:
             self.run(tx, wf, follow, work, depth)

@@ -152,5 +152,13 @@ def test_the_app_calls_the_dispatch_and_startup_hooks(tmp_path: Path) -> None:
         r = client.post("/v1/workflows", headers=auth, json={"workflow": VIDEO, "facts": [
             {"type": "Request", "fields": {"source": "s3://v", "recipe": "h264", "chunks": 2}}]})
         assert r.status_code == 201, r.text
+        # ... and after the step a runner's result makes
+        [split] = client.post("/v1/runners/lease", headers=auth, json={
+            "runner": "r", "functions": ["split"]}).json()["invocations"]
+        client.post(f"/v1/invocations/{split['id']}/complete", headers=auth,
+                    json={"fence": split["fence"], "result": ["c0", "c1"]})
     assert heard[0] == ("startup", None)
-    assert heard[1] == ("dispatch", [("split", ["s3://v", 2]), ("media.encode.Thumbnail", [])])
+    # the start's commit: its calls, the child it started, and the child's own call
+    assert heard[1] == ("dispatch", [("split", ["s3://v", 2]), ("media.encode.Thumbnail", []),
+                                     ("grab", ["s3://v", 5])])
+    assert heard[2] == ("dispatch", [("encode", ["c0", "h264"]), ("encode", ["c1", "h264"])])
