@@ -432,7 +432,7 @@ class Queue:
                       "attempt": row.attempt, "runner": row.runner, **error,
                       "retry_at": at.isoformat()}])
             return at
-        tx.settle(row, "failed", error=error)
+        tx.failed(row, error)
         self.stepper.run(tx, wf, Failure(row.call_id, str(error.get("message", "")),
                                          str(error.get("type", "FunctionError")), row.attempt), work)
         return None

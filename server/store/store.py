@@ -663,7 +663,6 @@ class StepHandle:
     def __init__(self, store: Store, conn: sa.Connection, tenant_id: int, row: Any,
                  state: WorkflowState, created: bool) -> None:
         self._store = store
-        self._limit = store.max_in_flight
         self._conn = conn
         self._tenant_id = tenant_id
         self._row: dict[str, Any] = row._asdict()
@@ -671,7 +670,7 @@ class StepHandle:
         self._seq: int = row.next_seq
         self._open = set(state.calls)  # invocations queued before this delta
         self._results: dict[int, Any] = {}  # call id -> the result a runner reported
-        self._settled: set[int] = set()  # calls whose row `settle` wrote already
+        self._settled: set[int] = set()  # calls whose row `failed` wrote already
         self._closed = False
         self._base_revision: int = row.revision
         self.state = state
@@ -690,7 +689,7 @@ class StepHandle:
         doc["workflow"] = doc.pop("name")
         doc["facts"] = self.state.fact_list()
         # The state's open calls are exactly the queued and leased rows: none, nothing to read.
-        doc["pending"] = ([i.to_json() for i in _queued(self._conn, self._pk, self._limit)]
+        doc["pending"] = ([i.to_json() for i in _queued(self._conn, self._pk, self._store.max_in_flight)]
                           if self.state.calls else [])
         return doc
 
@@ -749,12 +748,12 @@ class StepHandle:
             self._results.clear()
         self._results.update(results)
 
-    def settle(self, row: Any, status: str, *, error: dict[str, Any] | None = None) -> None:
-        """Record that an invocation failed (with the last error) or was cancelled, before the
-        step that tells the engine."""
+    def failed(self, row: Any, error: dict[str, Any]) -> None:
+        """Record that an invocation failed for good (with its last error), before the step
+        that tells the engine (whose write then leaves the row alone)."""
         self._settled.add(row.call_id)
         self._conn.execute(INVOCATIONS.update().where(INVOCATIONS.c.id == row.id).values(
-            status=status, error=error, finished_at=utcnow(), lease_expires=None))
+            status="failed", error=error, finished_at=utcnow(), lease_expires=None))
 
     def retry(self, invocation_id: int, attempt: int, available_at: datetime,
               error: dict[str, Any]) -> None:

@@ -113,6 +113,11 @@ _DONE_WITH_RESULT = (
 # ── PostgreSQL: one statement ──────────────────────────────────────────────────────────────────
 
 
+def _IN(param: str) -> str:  # noqa: N802 (reads as SQL)
+    """`IN` the integers of the JSON list bound to `param`."""
+    return f"IN (SELECT value::int FROM json_array_elements_text(CAST(:{param} AS json)))"
+
+
 def write_postgres(conn: sa.Connection, pk: int, w: Writes) -> None:
     """The whole delta as one statement: a data-modifying CTE per non-empty part, then the
     workflow row's UPDATE (row by row instead when a string holds U+0000, see below)."""
@@ -132,8 +137,7 @@ def write_postgres(conn: sa.Connection, pk: int, w: Writes) -> None:
              "json_to_recordset(CAST(:fc AS json)) AS x(fact_id int, version int, fields json) "
              "WHERE f.workflow_pk = :pk AND f.fact_id = x.fact_id", w.facts_changed)
     if w.facts_gone:
-        part("fg", "DELETE FROM facts WHERE workflow_pk = :pk AND fact_id IN "
-             "(SELECT value::int FROM json_array_elements_text(CAST(:fg AS json)))", w.facts_gone)
+        part("fg", f"DELETE FROM facts WHERE workflow_pk = :pk AND fact_id {_IN('fg')}", w.facts_gone)
     if w.fired:
         part("ki", "INSERT INTO fired (workflow_pk, key_hash, key) SELECT :pk, x.key_hash, x.key "
              "FROM json_to_recordset(CAST(:ki AS json)) AS x(key_hash text, key text)", w.fired)
@@ -146,8 +150,8 @@ def write_postgres(conn: sa.Connection, pk: int, w: Writes) -> None:
              "AS x(pending_id int, doc json) WHERE p.workflow_pk = :pk AND "
              "p.pending_id = x.pending_id", w.pending_changed)
     if w.pending_gone:
-        part("pg", "DELETE FROM pending WHERE workflow_pk = :pk AND pending_id IN "
-             "(SELECT value::int FROM json_array_elements_text(CAST(:pg AS json)))", w.pending_gone)
+        part("pg", f"DELETE FROM pending WHERE workflow_pk = :pk AND pending_id {_IN('pg')}",
+             w.pending_gone)
     if w.calls_new:
         part("ci", "INSERT INTO invocations (tenant_id, workflow_pk, call_id, kind, name, args, "
              "facts, options, rule, priority, status, cache_key, created_at) SELECT x.tenant_id, "
@@ -165,8 +169,8 @@ def write_postgres(conn: sa.Connection, pk: int, w: Writes) -> None:
         name = f"cs{n}"
         params[f"{name}_status"] = status
         part(name, f"UPDATE invocations SET status = :{name}_status, finished_at = :now WHERE "
-             f"workflow_pk = :pk AND status IN ('queued', 'leased') AND call_id IN (SELECT "
-             f"value::int FROM json_array_elements_text(CAST(:{name} AS json)))", calls)
+             f"workflow_pk = :pk AND status IN ('queued', 'leased') AND call_id {_IN(name)}",
+             calls)
     if w.trace:
         part("tr", "INSERT INTO trace (workflow_pk, seq, at, event) SELECT :pk, x.seq, :now, "
              "x.event FROM json_to_recordset(CAST(:tr AS json)) AS x(seq int, event json)", w.trace)
