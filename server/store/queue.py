@@ -24,7 +24,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 
 from server.store.models import INVOCATIONS, RUNNERS, TENANTS, WORKFLOWS, utcnow
 
@@ -104,6 +103,9 @@ class QueueStore:
     _ids: dict[int, str]  # workflow pk -> public id (see _workflow_ids)
 
     def _tx(self, *, write: bool, snapshot: bool = False) -> Any:  # provided by Store
+        raise NotImplementedError
+
+    def _insert(self, table: sa.Table) -> Any:  # provided by Store
         raise NotImplementedError
 
     def lease(self, tenant_id: int, runner: str, functions: Sequence[str], count: int, *,
@@ -217,10 +219,9 @@ class QueueStore:
 
     def seen_runner(self, tenant_id: int, name: str, functions: Sequence[str]) -> None:
         """Record that runner `name` asked for work for `functions` just now."""
-        insert = (postgresql.insert if self.dialect == "postgresql" else sqlite.insert)(RUNNERS)
         now = utcnow()
         with self._tx(write=True) as conn:
-            conn.execute(insert.values(tenant_id=tenant_id, name=name, functions=list(functions),
+            conn.execute(self._insert(RUNNERS).values(tenant_id=tenant_id, name=name, functions=list(functions),
                                        last_seen=now)
                          .on_conflict_do_update(index_elements=["tenant_id", "name"],
                                                 set_={"functions": list(functions), "last_seen": now}))
