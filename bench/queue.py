@@ -262,21 +262,6 @@ class Runners:
 # ── CPU of processes ───────────────────────────────────────────────────────────────────────────
 
 
-def _proc_table() -> dict[int, tuple[int, str, float]]:
-    """pid -> (parent pid, command name, CPU seconds so far), from Linux /proc ({} elsewhere)."""
-    table: dict[int, tuple[int, str, float]] = {}
-    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-    for entry in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            text = entry.read_text()
-        except OSError:
-            continue
-        name = text[text.find("(") + 1:text.rfind(")")]
-        rest = text.rsplit(")", 1)[1].split()
-        table[int(entry.parent.name)] = (int(rest[1]), name, (int(rest[11]) + int(rest[12])) / tick)
-    return table
-
-
 @dataclass
 class Cpu:
     """CPU seconds of the server (with its worker processes), the runners and PostgreSQL."""
@@ -286,8 +271,9 @@ class Cpu:
     db: float
 
 
-def cpu_snapshot(server_pid: int, runner_pids: list[int]) -> Cpu:
-    table = _proc_table()
+def cpu_snapshot(table: dict[int, tuple[int, str, float]], server_pid: int,
+                 runner_pids: list[int]) -> Cpu:
+    """CPU so far, from `table` (bench/server.py's proc_table())."""
     tree, frontier = {server_pid}, [server_pid]
     while frontier:
         parent = frontier.pop()
@@ -493,9 +479,9 @@ def measure_throughput(ctx: Context, n: int, rate_guess: float, phase: int) -> T
     try:
         runners.start()
         time.sleep(args.warmup)
-        cpu0, begin = cpu_snapshot(ctx.server.proc.pid, runners.pids), time.time()
+        cpu0, begin = cpu_snapshot(ctx.bench.proc_table(), ctx.server.proc.pid, runners.pids), time.time()
         time.sleep(args.seconds)
-        cpu1, end = cpu_snapshot(ctx.server.proc.pid, runners.pids), time.time()
+        cpu1, end = cpu_snapshot(ctx.bench.proc_table(), ctx.server.proc.pid, runners.pids), time.time()
         tally = runners.stop()
     finally:
         runners.close()
@@ -586,10 +572,10 @@ def run_video(ctx: Context) -> Video:
                 "and parent_pk is null and status in ('completed', 'failed')")
     try:
         runners.start()
-        cpu0, t0 = cpu_snapshot(ctx.server.proc.pid, runners.pids), time.time()
+        cpu0, t0 = cpu_snapshot(ctx.bench.proc_table(), ctx.server.proc.pid, runners.pids), time.time()
         start_workflows(ctx, ctx.video[1], bodies)
         _wait_for(ctx, finished, (ctx.video[0],), args.video, args.video_timeout)
-        cpu1, t1 = cpu_snapshot(ctx.server.proc.pid, runners.pids), time.time()
+        cpu1, t1 = cpu_snapshot(ctx.bench.proc_table(), ctx.server.proc.pid, runners.pids), time.time()
         tally = runners.stop()
     finally:
         runners.close()

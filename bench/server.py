@@ -10,7 +10,9 @@ or, with `--sqlite`, a SQLite file in a temporary EMIRAX_HOME; one `emirax serve
 bundle, built from source here. The workload has no functions: a workflow is started with two
 `Item` facts (one durable step: `count` fires, status `waiting`), then one `Shipped` fact is added
 (a second step: `ship` fires, status `completed`). Each client is a thread with its own
-httpx.Client (one kept-alive connection) running start, add-facts, start, ... back to back.
+kept-alive connection (the standard library's http.client, the cheapest client at hand: the load
+shares the cores with the server and the database) running start, add-facts, start, ... back to
+back.
 
 For each client count C: a warm-up of `--warmup` seconds, then `--seconds` measured; only requests
 that finish inside the measured window count. Then, in the same database, pgbench runs
@@ -29,6 +31,8 @@ from __future__ import annotations
 import _stdlib_first  # noqa: F401  (first: bench/queue.py shadows the standard library's queue)
 
 import argparse
+import http.client
+import json
 import os
 import re
 import secrets
@@ -44,6 +48,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -160,25 +165,14 @@ class Server:
     def cpu_seconds(self) -> float:
         """User + system CPU so far of the server process and its live descendants (uvicorn's
         worker processes with `--workers N`), from Linux /proc; 0 elsewhere."""
-        stats: dict[int, tuple[int, float]] = {}  # pid -> (parent pid, CPU seconds)
-        tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-        for entry in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                rest = entry.read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            stats[int(entry.parent.name)] = (int(rest[1]), (int(rest[11]) + int(rest[12])) / tick)
-        family, total = {self.proc.pid}, 0.0
-        grew = True
-        while grew:  # parents before children is not guaranteed: widen until nothing joins
-            grew = False
-            for pid, (parent, _) in stats.items():
-                if parent in family and pid not in family:
-                    family.add(pid)
-                    grew = True
-        for pid in family:
-            total += stats.get(pid, (0, 0.0))[1]
-        return total
+        table = proc_table()
+        family, frontier = {self.proc.pid}, [self.proc.pid]
+        while frontier:
+            parent = frontier.pop()
+            kids = [pid for pid, (ppid, _, _) in table.items() if ppid == parent and pid not in family]
+            family.update(kids)
+            frontier += kids
+        return sum(table[pid][2] for pid in family if pid in table)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -189,6 +183,26 @@ class Server:
                 self.proc.kill()
                 self.proc.wait(timeout=10)
         self.log.close()
+
+
+def proc_table() -> dict[int, tuple[int, str, float]]:
+    """pid -> (parent pid, command name, CPU seconds so far), from Linux /proc ({} elsewhere)."""
+    table: dict[int, tuple[int, str, float]] = {}
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    for entry in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = entry.read_text()
+        except OSError:
+            continue
+        name = text[text.find("(") + 1:text.rfind(")")]
+        rest = text.rsplit(")", 1)[1].split()
+        table[int(entry.parent.name)] = (int(rest[1]), name, (int(rest[11]) + int(rest[12])) / tick)
+    return table
+
+
+def db_cpu_seconds() -> float:
+    """CPU so far of every PostgreSQL process on the machine (its backends for our server)."""
+    return sum(cpu for _, name, cpu in proc_table().values() if name.startswith("postgres"))
 
 
 def build_orders_bundle(folder: Path) -> bytes:
@@ -238,46 +252,71 @@ class Window:
         return self.begin <= t < self.end
 
 
+class Client:
+    """One kept-alive HTTP/1.1 connection through the standard library's http.client. A
+    benchmark's load competes with the server and PostgreSQL for the same cores, so it should
+    cost as little as it can: http.client spends a fraction of httpx's CPU per request."""
+
+    def __init__(self, base: str, token: str) -> None:
+        where = urlsplit(base)
+        self.conn = http.client.HTTPConnection(where.hostname or "127.0.0.1", where.port, timeout=30)
+        self.headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+
+    def post(self, path: str, body: bytes) -> tuple[int, bytes]:
+        self.conn.request("POST", path, body=body, headers=self.headers)
+        response = self.conn.getresponse()
+        return response.status, response.read()
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+START_JSON, FACTS_JSON = json.dumps(START_BODY).encode(), json.dumps(FACTS_BODY).encode()
+
+
 def client_loop(base: str, token: str, window: Window, stop: threading.Event, tally: Tally) -> None:
     """Start a workflow, add the fact that completes it, again, until `stop`. A transport error
     (the server gone, a timeout) is kept and ends this client: the run is then reported failed."""
+    client = Client(base, token)
     try:
-        with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"},
-                          timeout=30) as c:
-            _workflows(c, window, stop, tally)
-    except httpx.HTTPError as exc:
+        _workflows(client, window, stop, tally)
+    except (OSError, http.client.HTTPException) as exc:
         tally.errors.append(f"{type(exc).__name__}: {exc}")
+    finally:
+        client.close()
 
 
-def _workflows(c: httpx.Client, window: Window, stop: threading.Event, tally: Tally) -> None:
+def _workflows(c: Client, window: Window, stop: threading.Event, tally: Tally) -> None:
     clock = time.perf_counter
     while not stop.is_set():
         t0 = clock()
-        r = c.post("/v1/workflows", json=START_BODY)
+        answer = c.post("/v1/workflows", START_JSON)
         t1 = clock()
-        wid = _expect(r, 201, "waiting", tally)
+        wid = _expect("/v1/workflows", answer, 201, "waiting", tally)
         if window.inside(t1):
             tally.start_ms.append((t1 - t0) * 1000)
         if wid is None:
             continue
-        r = c.post(f"/v1/workflows/{wid}/facts", json=FACTS_BODY)
+        path = f"/v1/workflows/{wid}/facts"
+        answer = c.post(path, FACTS_JSON)
         t2 = clock()
-        done = _expect(r, 200, "completed", tally)
+        done = _expect(path, answer, 200, "completed", tally)
         if window.inside(t2):
             tally.add_ms.append((t2 - t1) * 1000)
             tally.completed += done is not None
 
 
-def _expect(r: httpx.Response, code: int, status: str, tally: Tally) -> str | None:
+def _expect(path: str, answer: tuple[int, bytes], code: int, status: str, tally: Tally) -> str | None:
     """The workflow id when the answer is right; else None, with the error kept (a wrong answer
     counts during the warm-up too: the figures are only worth having if every answer is right)."""
-    if r.status_code == code:
-        doc = r.json()
+    got, body = answer
+    if got == code:
+        doc = json.loads(body)
         if doc.get("status") == status:
             return doc["id"]
-        problem = f"{r.request.url.path}: status {doc.get('status')!r}, expected {status!r}"
+        problem = f"{path}: status {doc.get('status')!r}, expected {status!r}"
     else:
-        problem = f"{r.request.url.path}: HTTP {r.status_code} {r.text[:200]}"
+        problem = f"{path}: HTTP {got} {body[:200].decode(errors='replace')}"
     tally.errors.append(problem)
     return None
 
@@ -293,6 +332,7 @@ class HttpResult:
     errors: list[str]
     server_cpu: float  # server CPU seconds per wall second in the window
     client_cpu: float  # this process's (the load's) CPU seconds per wall second
+    db_cpu: float  # every PostgreSQL process's CPU seconds per wall second (0 on SQLite)
 
     @property
     def steps_per_s(self) -> float:
@@ -311,11 +351,11 @@ def run_http(server: Server, token: str, clients: int, warmup: float, seconds: f
     for t in threads:
         t.start()
     time.sleep(warmup)
-    cpu0, own0, begin = server.cpu_seconds(), _own_cpu(), time.perf_counter()
+    cpu0, own0, db0, begin = server.cpu_seconds(), _own_cpu(), db_cpu_seconds(), time.perf_counter()
     window.end = begin + seconds  # end first: no client may see a window without its end
     window.begin = begin
     time.sleep(seconds)
-    cpu1, own1 = server.cpu_seconds(), _own_cpu()
+    cpu1, own1, db1 = server.cpu_seconds(), _own_cpu(), db_cpu_seconds()
     stop.set()
     for t in threads:
         t.join(timeout=60)
@@ -325,7 +365,8 @@ def run_http(server: Server, token: str, clients: int, warmup: float, seconds: f
         clients=clients, seconds=seconds, steps=len(start_ms) + len(add_ms),
         workflows=sum(t.completed for t in tallies), start_ms=start_ms, add_ms=add_ms,
         errors=[e for t in tallies for e in t.errors],
-        server_cpu=(cpu1 - cpu0) / seconds, client_cpu=(own1 - own0) / seconds)
+        server_cpu=(cpu1 - cpu0) / seconds, client_cpu=(own1 - own0) / seconds,
+        db_cpu=(db1 - db0) / seconds)
 
 
 def _own_cpu() -> float:
@@ -369,7 +410,7 @@ def run_pgbench(pgbench: str, db_url: str, clients: int, seconds: int, script: P
 
 HEADER = (f"{'clients':>7}  {'steps/s':>8}  {'workflows/s':>11}  {'start p50':>9}  {'start p99':>9}  "
           f"{'add p50':>7}  {'add p99':>7}  {'pgbench tps':>11}  {'ratio':>6}  {'server cpu':>10}  "
-          f"{'load cpu':>8}")
+          f"{'load cpu':>8}  {'db cpu':>6}  {'ms cpu/step':>11}")
 
 
 def row(r: HttpResult, tps: float | None) -> str:
@@ -378,7 +419,15 @@ def row(r: HttpResult, tps: float | None) -> str:
     return (f"{r.clients:>7}  {r.steps_per_s:8,.0f}  {r.workflows_per_s:11,.0f}  "
             f"{percentile(r.start_ms, 50):9.1f}  {percentile(r.start_ms, 99):9.1f}  "
             f"{percentile(r.add_ms, 50):7.1f}  {percentile(r.add_ms, 99):7.1f}  {pg}  {ratio}  "
-            f"{r.server_cpu:10.2f}  {r.client_cpu:8.2f}")
+            f"{r.server_cpu:10.2f}  {r.client_cpu:8.2f}  {r.db_cpu:6.2f}  {_cpu_per_step(r):>11}")
+
+
+def _cpu_per_step(r: HttpResult) -> str:
+    """Server / database milliseconds of CPU per step: what a step costs, whatever the load."""
+    if not r.steps:
+        return "-"
+    per = 1000 / r.steps_per_s
+    return f"{r.server_cpu * per:.2f}/{r.db_cpu * per:.2f}"
 
 
 def verdicts(results: list[tuple[HttpResult, float | None]]) -> tuple[list[str], bool]:
@@ -465,7 +514,7 @@ def _print_preamble(where: str, args: argparse.Namespace, pgbench: str | None) -
           "process(es) (FastAPI runs the sync routes in each one's thread pool)")
     print(f"workload: {WORKFLOW} (no functions): start with 2 facts -> waiting (1 step), "
           "add 1 fact -> completed (1 step)")
-    print(f"load: C threads in this process, one httpx.Client each; {args.warmup:g} s warm-up, "
+    print(f"load: C threads in this process, one http.client connection each; {args.warmup:g} s warm-up, "
           f"{args.seconds:g} s measured per client count")
     if args.sqlite:
         print("reference: none (SQLite run: no pgbench ratio)")
@@ -475,7 +524,8 @@ def _print_preamble(where: str, args: argparse.Namespace, pgbench: str | None) -
         print(f"reference: pgbench -n -c C -j C -T {args.pgbench_seconds} of `{PGBENCH_SCRIPT.strip()}` "
               "on the same database, right after each HTTP run")
     print(f"machine: {os.cpu_count()} cores, load average {_load_average()} before the run; "
-          "latencies in ms; cpu = CPU seconds per wall second\n")
+          "latencies in ms; cpu = CPU seconds per wall second (db: every PostgreSQL process); "
+          "ms cpu/step = server/db CPU milliseconds per step\n")
 
 
 def _load_average() -> str:

@@ -37,6 +37,7 @@ from emirax.engine.program import EngineError, InputError
 from emirax.engine.state import WorkflowState
 from emirax.engine.step import AddFacts, Limits, Reevaluate, Start, step
 from emirax.errors import EmiraxError
+from server.committer import Committer
 from server.observe import AccessLog, Metrics
 from server.plugins import Principal, Spaces, server_plugins
 from server.queue import Queue, Sweeper
@@ -134,7 +135,7 @@ class FailIn(FenceIn):
 
 def create_app(store: Store, *, admin_token: str, plugins: pluggy.PluginManager | None = None,
                limits: Limits = Limits(), lease_seconds: float = 30.0,
-               poll_cap: float | None = None) -> FastAPI:
+               poll_cap: float | None = None, step_threads: int = 1) -> FastAPI:
     hooks = plugins if plugins is not None else server_plugins()
     spaces = Spaces(store)
     active: dict[tuple[int, str], tuple[float, str | None]] = {}
@@ -153,6 +154,7 @@ def create_app(store: Store, *, admin_token: str, plugins: pluggy.PluginManager 
 
     stepper = Stepper(spaces, active_version, limits=limits)
     queue = Queue(store, spaces, stepper, lease_seconds=lease_seconds, poll_cap=poll_cap)
+    committer = Committer(store, threads=step_threads)
     sweeper = Sweeper(queue, every=lease_seconds / 2)
     metrics = Metrics(store)
 
@@ -180,6 +182,7 @@ def create_app(store: Store, *, admin_token: str, plugins: pluggy.PluginManager 
         reevaluator.start()  # also resumes re-evaluations a stopped server left owed
         yield
         reevaluator.stop()
+        committer.stop()
         sweeper.stop()
         queue.stop()
 
@@ -211,21 +214,38 @@ def create_app(store: Store, *, admin_token: str, plugins: pluggy.PluginManager 
             known = tokens[token] = Principal(tenant.id, tenant.name)
         return known
 
-    def principal(request: Request) -> Principal:
+    async def principal(request: Request) -> Principal:
+        """The request's principal. Async, like the two below, so FastAPI runs them on the event
+        loop instead of handing each to the thread pool (a thread hop costs more than the check):
+        a token seen before, or the admin's, is known without I/O; a new token, or a server
+        with authentication plugins (which may do I/O), is looked up in the thread pool."""
         header = request.headers.get("authorization", "")
         if not header.partition(" ")[2]:
             raise Problem(401, "Unauthorized", "send Authorization: Bearer <token>")
-        found = who(header)
+        found = known(header)
+        if found is None:
+            found = await run_in_threadpool(who, header)
         if found is None:
             raise Problem(401, "Unauthorized", "unknown token")
         return found
 
-    def admin(who: Annotated[Principal, Depends(principal)]) -> Principal:
+    def known(authorization: str) -> Principal | None:
+        """`who` when it needs no I/O: no authentication plugin and a remembered token."""
+        if hooks.hook.emirax_authenticate.get_hookimpls():
+            return None
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() != "bearer":
+            return None
+        if hmac.compare_digest(token.encode(), admin_token.encode()):
+            return Principal(None, "admin", admin=True)
+        return tokens.get(token)
+
+    async def admin(who: Annotated[Principal, Depends(principal)]) -> Principal:
         if not who.admin:
             raise Problem(403, "Forbidden", "this route is the admin's")
         return who
 
-    def tenant(who: Annotated[Principal, Depends(principal)]) -> int:
+    async def tenant(who: Annotated[Principal, Depends(principal)]) -> int:
         if who.tenant_id is None:
             raise Problem(403, "Forbidden", "this route takes a tenant's token")
         return who.tenant_id
@@ -320,30 +340,42 @@ def create_app(store: Store, *, admin_token: str, plugins: pluggy.PluginManager 
                 })
         return {"package": package, "version": version, "examined": len(ids), "changed": changed}
 
+    async def stepped(tenant_id: int, key: str, run: Callable[[Work], Any]) -> Any:
+        """`run(work)` through the committer (group commit), then `committed` after its commit."""
+        def attempt() -> tuple[Any, Work]:
+            work = Work()  # a fresh one for each attempt: a rolled-back group runs it again
+            return run(work), work
+
+        answer, _ = await committer.submit(key, attempt, lambda done: committed(tenant_id, done[1]))
+        return answer
+
     @app.post("/v1/workflows")
-    def start(body: StartIn, tenant_id: Tenant) -> JSONResponse:
+    async def start(body: StartIn, tenant_id: Tenant) -> JSONResponse:
+        facts = [{"type": f.type, "fields": f.fields} for f in body.facts]
+        view, created = await stepped(tenant_id, body.id or "",
+                                      lambda work: _start(tenant_id, body, facts, work))
+        return JSONResponse(view, status_code=201 if created else 200)
+
+    def _start(tenant_id: int, body: StartIn, facts: list[dict[str, Any]],
+               work: Work) -> tuple[dict[str, Any], bool]:
         package = body.workflow.rpartition(".")[0]
         version = active_version(tenant_id, package) if package else None
         wf = spaces.workflow(tenant_id, body.workflow, version) if version else None
         if wf is None:
             raise Problem(404, "Not Found", f"no workflow {body.workflow} in an active bundle")
-        facts = [{"type": f.type, "fields": f.fields} for f in body.facts]
         # The row and its first step are one transaction: facts the step refuses (InputError)
         # roll the new row back, so they are checked once, there.
-        work = Work()
         try:
             with store.start(tenant_id, wf.name, package, version, client_id=body.id,
                              priority=body.priority) as tx:
                 if tx.created:
                     stepper.run(tx, wf, Start(facts), work)
                     queue.publish(tx, work)
-                view, created = tx.view(), tx.created
+                return tx.view(), tx.created
         except InputError as exc:
             raise Problem(422, "Invalid facts", str(exc)) from None
         except Conflict as exc:
             raise Problem(409, "Conflict", str(exc)) from None
-        committed(tenant_id, work)
-        return JSONResponse(view, status_code=201 if created else 200)
 
     @app.get("/v1/workflows")
     def list_workflows(tenant_id: Tenant, workflow: str | None = None, status: str | None = None,
@@ -366,12 +398,11 @@ def create_app(store: Store, *, admin_token: str, plugins: pluggy.PluginManager 
         return _view(store, tenant_id, workflow_id)
 
     @app.post("/v1/workflows/{workflow_id}/facts")
-    def add_facts(workflow_id: str, body: FactsIn, tenant_id: Tenant) -> dict[str, Any]:
+    async def add_facts(workflow_id: str, body: FactsIn, tenant_id: Tenant) -> JSONResponse:
         facts = [{"type": f.type, "fields": f.fields} for f in body.facts]
-        work = Work()
-        view = _step(store, tenant_id, workflow_id, spaces, stepper, queue, AddFacts(facts), work)
-        committed(tenant_id, work)
-        return view
+        view = await stepped(tenant_id, workflow_id, lambda work: _step(
+            store, tenant_id, workflow_id, spaces, stepper, queue, AddFacts(facts), work))
+        return JSONResponse(view)
 
     @app.get("/v1/workflows/{workflow_id}/trace")
     def trace(workflow_id: str, tenant_id: Tenant, after: int = 0, limit: int = 500) -> dict[str, Any]:

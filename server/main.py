@@ -91,7 +91,9 @@ def app_from_env() -> Any:
     shared_sqlite = store.dialect == "sqlite" and _setting("EMIRAX_WORKERS", 1, int) > 1
     return create_app(store, admin_token=os.environ["EMIRAX_ADMIN_TOKEN"],
                       lease_seconds=_setting("EMIRAX_LEASE_SECONDS", 30.0, float),
-                      poll_cap=1.0 if shared_sqlite else None)
+                      poll_cap=1.0 if shared_sqlite else None,
+                      step_threads=_setting("EMIRAX_STEP_THREADS",
+                                            2 if store.dialect == "postgresql" else 1, int))
 
 
 def _setting(name: str, default: Any, kind: type) -> Any:

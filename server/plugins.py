@@ -177,7 +177,9 @@ class Spaces:
     def workflow(self, tenant_id: int, name: str, version: str) -> Workflow | None:
         package = name.rpartition(".")[0]
         with self.lock:
-            space = self.spaces.setdefault(tenant_id, TenantSpace(str(tenant_id)))
+            space = self.spaces.get(tenant_id)
+            if space is None:
+                space = self.spaces[tenant_id] = TenantSpace(str(tenant_id))
             if space.loaded(package, version) is None:
                 found = self.store.bundle(tenant_id, package, version)
                 if found is None:

@@ -23,7 +23,7 @@ import secrets
 import threading
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from dataclasses import fields as dataclass_fields
@@ -230,6 +230,8 @@ class Store(QueueStore):
         self._ids: dict[int, str] = {}
         self._cache = _StateCache(state_cache)
         self._sqlite_writer = threading.RLock()
+        self._group = threading.local()  # the shared transaction of this thread's group commit
+        self._insert_row, self._locks = _step_statements(self.dialect, self._insert(WORKFLOWS))
 
     @classmethod
     def open(cls, url: str, *, state_cache: int = 0, busy_timeout: float = 30.0,
@@ -284,6 +286,10 @@ class Store(QueueStore):
         that writes later can fail at once with SQLITE_BUSY instead of waiting). A `snapshot`
         read is REPEATABLE READ on PostgreSQL, so its several SELECTs see one committed state
         (a SQLite read transaction is a snapshot already)."""
+        shared = getattr(self._group, "conn", None) if write else None
+        if shared is not None:  # joins the group's transaction: it commits or rolls back for all
+            yield shared
+            return
         if write and self.dialect == "sqlite":
             # Writers of this process queue on a lock instead of on SQLite's busy handler, whose
             # backoff (up to 100 ms a try) made the tail latency; other processes still meet
@@ -298,6 +304,34 @@ class Store(QueueStore):
                 conn.execution_options(isolation_level="REPEATABLE READ")
             with conn.begin():
                 yield conn
+
+    @contextmanager
+    def group(self) -> Iterator[None]:
+        """Group commit: the write transactions this thread opens inside the block (steps, on
+        any workflows) are one transaction, committed once when the block ends, or rolled back
+        together when it raises. What must wait for the commit (`_after_commit`) runs after it,
+        in order. server/committer.py uses it; docs/store.md says why."""
+        if getattr(self._group, "conn", None) is not None:
+            raise RuntimeError("group() does not nest")
+        after: list[Callable[[], None]] = []
+        with self._tx(write=True) as conn:
+            self._group.conn, self._group.after = conn, after
+            try:
+                yield
+            finally:
+                self._group.conn = self._group.after = None
+        for callback in after:
+            callback()
+
+    def _after_commit(self, callback: Callable[[], None]) -> None:
+        """Run `callback` once this thread's transaction has committed: now, when it has (a
+        transaction of its own ended), or when the group's commit comes. A rolled-back group
+        never runs it."""
+        after = getattr(self._group, "after", None)
+        if after is None:
+            callback()
+        else:
+            after.append(callback)
 
     def _insert(self, table: sa.Table) -> Any:
         """INSERT with this dialect's ON CONFLICT support."""
@@ -537,43 +571,34 @@ class Store(QueueStore):
         finally:
             if handle is not None:
                 handle._closed = True
-        # Committed: the state is the stored one again (a rolled-back one was never put back).
+        # Committed (or, in a group, once it is): the state is the stored one again (a
+        # rolled-back one is never put back).
         if handle.revision != row.revision:
-            self._cache.put(row.pk, handle.revision, handle.state)
+            self._after_commit(partial(self._cache.put, row.pk, handle.revision, handle.state))
 
     def _insert_workflow(self, conn: sa.Connection, tenant_id: int, workflow_id: str, name: str,
                          package: str, version: str, priority: int,
                          parent: tuple[int, int] | None = None) -> Any:
         """The new row, or None when the tenant has a workflow with this id already."""
         now = utcnow()
-        result = conn.execute(
-            self._insert(WORKFLOWS).values(
-                id=workflow_id, tenant_id=tenant_id, name=name, package=package, version=version,
-                status="waiting", output=None, error=None, priority=priority, next_fact=1,
-                next_call=1, next_pending=1, next_seq=1, revision=0, created_at=now,
-                updated_at=now, parent_pk=parent[0] if parent else None,
-                parent_call=parent[1] if parent else None)
-            .on_conflict_do_nothing(index_elements=["tenant_id", "id"])
-            .returning(*WORKFLOWS.c))
-        return result.first()
+        return conn.execute(self._insert_row, {
+            "id": workflow_id, "tenant_id": tenant_id, "name": name, "package": package,
+            "version": version, "status": "waiting", "output": None, "error": None,
+            "priority": priority, "next_fact": 1, "next_call": 1, "next_pending": 1, "next_seq": 1,
+            "revision": 0, "created_at": now, "updated_at": now,
+            "parent_pk": parent[0] if parent else None,
+            "parent_call": parent[1] if parent else None}).first()
 
     def _lock(self, conn: sa.Connection, tenant_id: int, workflow_id: str | None,
               invocation: int | None = None, pk: int | None = None) -> Any:
         """The workflow's row, locked: by public id, by the pk, or as an invocation's workflow."""
-        # NO KEY UPDATE: serialises steps of this workflow, yet does not block other
-        # transactions inserting rows that refer to it (a foreign key takes KEY SHARE).
-        query = sa.select(WORKFLOWS).where(WORKFLOWS.c.tenant_id == tenant_id)
         if invocation is not None:
-            query = query.where(WORKFLOWS.c.pk == sa.select(INVOCATIONS.c.workflow_pk).where(
-                INVOCATIONS.c.id == invocation, INVOCATIONS.c.tenant_id == tenant_id)
-                .scalar_subquery())
+            query, params = self._locks["invocation"], {"invocation": invocation}
         elif pk is not None:
-            query = query.where(WORKFLOWS.c.pk == pk)
+            query, params = self._locks["pk"], {"pk": pk}
         else:
-            query = query.where(WORKFLOWS.c.id == workflow_id)
-        if self.dialect == "postgresql":
-            query = query.with_for_update(key_share=True)
-        return conn.execute(query).first()
+            query, params = self._locks["id"], {"workflow_id": workflow_id}
+        return conn.execute(query, {"tenant_id": tenant_id, **params}).first()
 
     def _nested(self, outer: StepHandle, row: Any, created: bool) -> StepHandle:
         """A handle on another workflow in `outer`'s transaction (a child it starts, a parent
@@ -879,6 +904,29 @@ def _priority(options: dict[str, Any], workflow_priority: int) -> int:
     workflow's work and the function's option orders work within it."""
     p = options.get("priority", 0)
     return workflow_priority + (p if isinstance(p, int) and not isinstance(p, bool) else 0)
+
+
+def _step_statements(dialect: str, insert: Any) -> tuple[Any, dict[str, Any]]:
+    """The statements every step runs, built once: SQLAlchemy finds a built statement's compiled
+    form by its memoized cache key, where a statement built per step costs more to build and
+    key than the database takes to run it (docs/server.md). The INSERT of a new workflow row
+    (None when the tenant has that id already), and the row's lock by id, pk or invocation."""
+    columns = [c for c in WORKFLOWS.c if c.name != "pk"]
+    insert_row = (insert.values({c.name: sa.bindparam(c.name, type_=c.type) for c in columns})
+                  .on_conflict_do_nothing(index_elements=["tenant_id", "id"])
+                  .returning(*WORKFLOWS.c))
+    base = sa.select(WORKFLOWS).where(WORKFLOWS.c.tenant_id == sa.bindparam("tenant_id"))
+    of_invocation = (sa.select(INVOCATIONS.c.workflow_pk)
+                     .where(INVOCATIONS.c.id == sa.bindparam("invocation"),
+                            INVOCATIONS.c.tenant_id == sa.bindparam("tenant_id")).scalar_subquery())
+    locks = {"id": base.where(WORKFLOWS.c.id == sa.bindparam("workflow_id")),
+             "pk": base.where(WORKFLOWS.c.pk == sa.bindparam("pk")),
+             "invocation": base.where(WORKFLOWS.c.pk == of_invocation)}
+    if dialect == "postgresql":
+        # NO KEY UPDATE: serialises steps of this workflow, yet does not block other
+        # transactions inserting rows that refer to it (a foreign key takes KEY SHARE).
+        locks = {by: query.with_for_update(key_share=True) for by, query in locks.items()}
+    return insert_row, locks
 
 
 def _select_workflow(conn: sa.Connection, tenant_id: int, workflow_id: str) -> Any:
