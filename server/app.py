@@ -38,8 +38,10 @@ from emirax.engine.state import WorkflowState
 from emirax.engine.step import AddFacts, Limits, Reevaluate, Start, step
 from emirax.errors import EmiraxError
 from server.committer import Committer
+from server.fastpath import FastPath, read_body, replay
 from server.observe import AccessLog, Metrics
 from server.plugins import Principal, Spaces, server_plugins
+from server.problems import Problem, problem_response
 from server.queue import Queue, Sweeper
 from server.reevaluate import Reevaluator
 from server.steps import Stepper, Work
@@ -50,23 +52,6 @@ __all__ = ["Problem", "create_app"]
 MAX_JSON_BYTES = 1 << 20
 STATUSES = ("running", "waiting", "completed", "failed")
 ACTIVE_TTL = 1.0  # seconds a server trusts the active version it read
-PROBLEM = "application/problem+json"
-
-
-class Problem(Exception):
-    """A refused request: becomes a problem+json response with `status`."""
-
-    def __init__(self, status: int, title: str, detail: str = "", **extra: Any) -> None:
-        super().__init__(detail or title)
-        self.status, self.title, self.detail, self.extra = status, title, detail, extra
-
-
-def _problem(status: int, title: str, detail: str = "", **extra: Any) -> JSONResponse:
-    body: dict[str, Any] = {"type": "about:blank", "title": title, "status": status}
-    if detail:
-        body["detail"] = detail
-    body.update(extra)
-    return JSONResponse(body, status_code=status, media_type=PROBLEM)
 
 
 # ── request bodies ─────────────────────────────────────────────────────────────────────────────
@@ -253,6 +238,9 @@ def create_app(store: Store, *, admin_token: str, plugins: pluggy.PluginManager 
     Tenant = Annotated[int, Depends(tenant)]
 
     app.state.metrics = metrics
+    fast_routes: dict[str, Any] = {}  # filled once the routes exist, below
+    app.add_middleware(FastPath, tenant_of=lambda header: getattr(known(header), "tenant_id", None),
+                       routes=fast_routes)
     app.add_middleware(_Idempotency, store=store, who=who)
     app.add_middleware(AccessLog, metrics=metrics)
     app.add_middleware(_BodyLimit)  # added last: the outermost, so big bodies never get buffered
@@ -351,6 +339,9 @@ def create_app(store: Store, *, admin_token: str, plugins: pluggy.PluginManager 
 
     @app.post("/v1/workflows")
     async def start(body: StartIn, tenant_id: Tenant) -> JSONResponse:
+        return await start_workflow(tenant_id, None, body)
+
+    async def start_workflow(tenant_id: int, _: str | None, body: StartIn) -> JSONResponse:
         facts = [{"type": f.type, "fields": f.fields} for f in body.facts]
         view, created = await stepped(tenant_id, body.id or "",
                                       lambda work: _start(tenant_id, body, facts, work))
@@ -399,6 +390,10 @@ def create_app(store: Store, *, admin_token: str, plugins: pluggy.PluginManager 
 
     @app.post("/v1/workflows/{workflow_id}/facts")
     async def add_facts(workflow_id: str, body: FactsIn, tenant_id: Tenant) -> JSONResponse:
+        return await add_to_workflow(tenant_id, workflow_id, body)
+
+    async def add_to_workflow(tenant_id: int, workflow_id: str | None, body: FactsIn) -> JSONResponse:
+        assert workflow_id is not None
         facts = [{"type": f.type, "fields": f.fields} for f in body.facts]
         view = await stepped(tenant_id, workflow_id, lambda work: _step(
             store, tenant_id, workflow_id, spaces, stepper, queue, AddFacts(facts), work))
@@ -475,7 +470,15 @@ def create_app(store: Store, *, admin_token: str, plugins: pluggy.PluginManager 
             tenant_id, invocation_id, body.fence))
         return {"released": True}
 
+    fast_routes.update(start=(_route(app, "/v1/workflows"), StartIn, start_workflow),
+                       facts=(_route(app, "/v1/workflows/{workflow_id}/facts"), FactsIn, add_to_workflow))
     return app
+
+
+def _route(app: FastAPI, path: str) -> Any:
+    """The POST route of `path`."""
+    return next(r for r in app.routes if getattr(r, "path", None) == path
+                and "POST" in getattr(r, "methods", ()))
 
 
 def _step(store: Store, tenant_id: int, workflow_id: str, spaces: Spaces, stepper: Stepper,
@@ -509,18 +512,18 @@ def _view(store: Store, tenant_id: int, workflow_id: str) -> dict[str, Any]:
 def _errors(app: FastAPI) -> None:
     @app.exception_handler(Problem)
     async def problem(_: Request, exc: Problem) -> JSONResponse:
-        return _problem(exc.status, exc.title, exc.detail, **exc.extra)
+        return exc.response()
 
     @app.exception_handler(StarletteHTTPException)
     async def http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return _problem(exc.status_code, str(exc.detail), "")
+        return problem_response(exc.status_code, str(exc.detail), "")
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
         detail = f"{where}: {first.get('msg', 'invalid')}" if where else first.get("msg", "invalid")
-        return _problem(422, "Invalid request", detail)
+        return problem_response(422, "Invalid request", detail)
 
 
 class _BodyLimit:
@@ -537,7 +540,7 @@ class _BodyLimit:
         cap = MAX_BUNDLE_BYTES if scope["path"] == "/v1/bundles" else MAX_JSON_BYTES
         declared = dict(scope["headers"]).get(b"content-length", b"")
         if declared.isdigit() and int(declared) > cap:
-            await _problem(413, "Payload Too Large", f"the body is over {cap} bytes")(scope, receive, send)
+            await problem_response(413, "Payload Too Large", f"the body is over {cap} bytes")(scope, receive, send)
             return
         seen = 0
 
@@ -577,9 +580,9 @@ class _Idempotency:
             return
         owner = principal.tenant_id or 0
         try:
-            body = await _read_body(receive)
+            body = await read_body(receive)
         except Problem as exc:
-            await _problem(exc.status, exc.title, exc.detail)(scope, receive, send)
+            await problem_response(exc.status, exc.title, exc.detail)(scope, receive, send)
             return
         digest = hashlib.sha256(scope["path"].encode() + b"\0" + body).hexdigest()
         name = key.decode("latin-1")[:255]
@@ -588,11 +591,11 @@ class _Idempotency:
             await self._run(scope, body, send, owner, name)
             return
         if kept[0] != digest:
-            response = _problem(422, "Idempotency key reused",
-                                "this Idempotency-Key was used for another request")
+            response = problem_response(422, "Idempotency key reused",
+                                        "this Idempotency-Key was used for another request")
         elif kept[1] == 0:
-            response = _problem(409, "Request in progress",
-                                "a request with this Idempotency-Key is still running; retry")
+            response = problem_response(409, "Request in progress",
+                                        "a request with this Idempotency-Key is still running; retry")
             response.headers["Retry-After"] = "1"
         else:
             response = JSONResponse(kept[2], status_code=kept[1],
@@ -601,16 +604,8 @@ class _Idempotency:
 
     async def _run(self, scope: dict[str, Any], body: bytes, send: Any, owner: int,
                    name: str) -> None:
-        sent = False
         status, chunks = 0, []
         held: list[dict[str, Any]] = []  # the answer, sent once it is kept
-
-        async def replay() -> dict[str, Any]:
-            nonlocal sent
-            if sent:
-                return {"type": "http.disconnect"}
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
 
         async def capture(message: dict[str, Any]) -> None:
             nonlocal status
@@ -621,7 +616,7 @@ class _Idempotency:
             held.append(message)
 
         try:
-            await self.app(scope, replay, capture)
+            await self.app(scope, replay(body), capture)
         finally:
             doc = None
             if 200 <= status < 300:
@@ -636,15 +631,3 @@ class _Idempotency:
                 await run_in_threadpool(self.store.release_key, owner, name)
         for message in held:
             await send(message)
-
-
-async def _read_body(receive: Any) -> bytes:
-    body = bytearray()
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            break
-        body += message.get("body", b"")
-        if not message.get("more_body"):
-            break
-    return bytes(body)

@@ -8,6 +8,7 @@ status codes, problem+json, the tenant coming from the token, another tenant's d
 
 from __future__ import annotations
 
+import json
 import secrets
 import threading
 import time
@@ -121,6 +122,38 @@ def test_bad_input_is_refused_and_changes_nothing(server: Server, tenants: dict[
                         json={"facts": [{"type": "Item", "fields": {"sku": "x" * (2 << 20), "qty": 1}}]}), 413)
         _problem(c.post("/v1/workflows", json={"workflow": "demo.orders.Nope"}), 404)
         assert c.get("/v1/workflows/order-2").json() == before
+
+
+def test_the_step_routes_answer_alike_on_the_fast_path_and_through_fastapi(
+        server: Server, tenants: dict[str, str], orders_v1: bytes) -> None:
+    """server/fastpath.py answers ordinary start and add-facts requests itself; a JSON body
+    with another content type (`+json`) takes FastAPI's route. Both must give the same answers,
+    refusals included."""
+    fast = {"content-type": "application/json"}
+    slow = {"content-type": "application/vnd.emirax+json"}
+
+    def same(doc: dict) -> dict:
+        return {k: v for k, v in doc.items() if k not in ("id", "created_at", "updated_at")}
+
+    with server.client(tenants["acme"]) as c:
+        c.post("/v1/bundles", content=orders_v1)
+        answers = []
+        for headers in (fast, slow):
+            body = {"workflow": "demo.orders.Order",
+                    "facts": [{"type": "Item", "fields": {"sku": "a", "qty": 2}}]}
+            started = c.post("/v1/workflows", content=json.dumps(body), headers=headers)
+            wid = started.json()["id"]
+            added = c.post(f"/v1/workflows/{wid}/facts", headers=headers, content=json.dumps(
+                {"facts": [{"type": "Shipped", "fields": {"carrier": "ups"}}]}))
+            refusals = [c.post(path, content=content, headers=headers) for path, content in (
+                ("/v1/workflows", b'{"workflow": "demo.orders.Order", "priority": "high"}'),
+                (f"/v1/workflows/{wid}/facts", b'{"facts": []}'),
+                (f"/v1/workflows/{wid}/facts", b'{"facts": [{"type": "Nope"}]}'),
+                ("/v1/workflows/no-such-workflow/facts", b'{"facts": [{"type": "Shipped"}]}'))]
+            answers.append(([started.status_code, added.status_code] + [r.status_code for r in refusals],
+                            same(started.json()), same(added.json()), [r.json() for r in refusals]))
+        assert answers[0] == answers[1]
+        assert answers[0][0] == [201, 200, 422, 422, 422, 404]
 
 
 def test_another_tenant_sees_nothing(server: Server, tenants: dict[str, str], orders_v1: bytes) -> None:

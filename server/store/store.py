@@ -58,6 +58,7 @@ MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 MIGRATION_LOCK = 0x656D69726178  # "emirax"
 
 
+LIVE = ("running", "waiting")  # the statuses whose states the cache keeps
 _compact = partial(json.dumps, separators=(",", ":"), allow_nan=False)
 
 
@@ -572,8 +573,10 @@ class Store(QueueStore):
             if handle is not None:
                 handle._closed = True
         # Committed (or, in a group, once it is): the state is the stored one again (a
-        # rolled-back one is never put back).
-        if handle.revision != row.revision:
+        # rolled-back one is never put back). A workflow that has ended is rarely stepped
+        # again (a new version's re-evaluation reads it back): its state is not kept, so the
+        # cache holds live workflows, not a heap of finished ones for the collector to scan.
+        if handle.revision != row.revision and handle.state.status in LIVE:
             self._after_commit(partial(self._cache.put, row.pk, handle.revision, handle.state))
 
     def _insert_workflow(self, conn: sa.Connection, tenant_id: int, workflow_id: str, name: str,
