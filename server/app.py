@@ -328,13 +328,16 @@ def create_app(store: Store, *, admin_token: str, plugins: pluggy.PluginManager 
                 })
         return {"package": package, "version": version, "examined": len(ids), "changed": changed}
 
-    async def stepped(tenant_id: int, key: str, run: Callable[[Work], Any]) -> Any:
-        """`run(work)` through the committer (group commit), then `committed` after its commit."""
+    async def stepped(tenant_id: int, key: str, run: Callable[[Work], Any],
+                      existing: bool = False) -> Any:
+        """`run(work)` through the committer (group commit), then `committed` after its commit;
+        `existing`: `key` is the id of a workflow of the tenant's that `run` steps."""
         def attempt() -> tuple[Any, Work]:
             work = Work()  # a fresh one for each attempt: a rolled-back group runs it again
             return run(work), work
 
-        answer, _ = await committer.submit(key, attempt, lambda done: committed(tenant_id, done[1]))
+        answer, _ = await committer.submit(key, attempt, lambda done: committed(tenant_id, done[1]),
+                                           lock=(tenant_id, key) if existing else None)
         return answer
 
     @app.post("/v1/workflows")
@@ -396,7 +399,8 @@ def create_app(store: Store, *, admin_token: str, plugins: pluggy.PluginManager 
         assert workflow_id is not None
         facts = [{"type": f.type, "fields": f.fields} for f in body.facts]
         view = await stepped(tenant_id, workflow_id, lambda work: _step(
-            store, tenant_id, workflow_id, spaces, stepper, queue, AddFacts(facts), work))
+            store, tenant_id, workflow_id, spaces, stepper, queue, AddFacts(facts), work),
+            existing=True)
         return JSONResponse(view)
 
     @app.get("/v1/workflows/{workflow_id}/trace")

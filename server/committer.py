@@ -4,7 +4,10 @@ A route that steps a workflow (start, add facts) does not run its step in the th
 hands it to the Committer and awaits the answer on the event loop. The Committer's worker
 threads each take every step waiting (up to `max_batch`), run them one after another inside ONE
 transaction (`Store.group`), commit once, then run each step's post-commit work (metrics, waking
-runners, the dispatch hook) and answer every request. Under load a commit, a connection checkout
+runners, the dispatch hook) and answer every request. The rows of the workflows the group steps
+are locked with one statement before the first step (`Store.lock_ahead`), and on PostgreSQL the
+steps' writes go out with the COMMIT (store/deferred.py): a group costs two round trips, however
+many steps it holds. Under load a commit, a connection checkout
 and a thread hop serve many steps instead of one; a lone step runs exactly as before, in its own
 transaction.
 
@@ -40,6 +43,7 @@ class _Job:
     after: Callable[[Any], None]  # after the commit, with the answer
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[Any]
+    lock: tuple[int, str] | None  # (tenant, workflow id) of an existing workflow it steps
 
 
 _STOP = object()
@@ -57,13 +61,16 @@ class Committer:
         self._workers: list[threading.Thread] = []
         self._lock = threading.Lock()
 
-    async def submit(self, key: str, run: Callable[[], Any], after: Callable[[Any], None]) -> Any:
+    async def submit(self, key: str, run: Callable[[], Any], after: Callable[[Any], None],
+                     lock: tuple[int, str] | None = None) -> Any:
         """`run()` in a transaction (perhaps shared), then `after(answer)` once it is committed;
-        returns the answer, or raises what `run` raised (and then nothing of it is written)."""
+        returns the answer, or raises what `run` raised (and then nothing of it is written).
+        `lock`: the (tenant, workflow id) `run` steps, when it is an existing workflow: a group
+        locks all of those rows with one statement before its steps run."""
         self._start()
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self._jobs.put(_Job(key, run, after, loop, future))
+        self._jobs.put(_Job(key, run, after, loop, future, lock))
         return await future
 
     def _start(self) -> None:
@@ -115,6 +122,7 @@ class Committer:
             done: list[Any] = []
             try:
                 with self.store.group():
+                    self.store.lock_ahead([job.lock for job in jobs if job.lock is not None])
                     for job in jobs:
                         done.append(job.run())
             except Exception:  # noqa: BLE001 - rolled back; who failed is found below

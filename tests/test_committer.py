@@ -111,7 +111,7 @@ def test_the_committer_groups_steps_and_keeps_each_error_to_its_own(
 
     def job(wid: str, n: int) -> Any:
         return committer.submit(wid, lambda: add_item(store, tenant, wid, tally_wf, n),
-                                lambda _answer: after.update([wid]))
+                                lambda _answer: after.update([wid]), lock=(tenant, wid))
 
     async def scenario() -> list[Any]:
         busy = committer.submit("", lambda: release.wait(10), lambda _answer: None)
@@ -132,3 +132,40 @@ def test_the_committer_groups_steps_and_keeps_each_error_to_its_own(
     assert all(stored_total(store, tenant, wid) == 1 for wid in wids)
     assert after == Counter(wids)  # post-commit work ran once for each committed step
     assert len(commits) == 1  # the ten in one transaction (the failed attempt rolled back)
+
+
+def test_a_group_on_postgresql_asks_the_database_once_before_its_commit(
+        store: Store, tenant: int, tally_wf: Workflow) -> None:  # noqa: F811
+    """Six steps on six workflows in one group: their rows are locked by one statement, and
+    their writes go out with the COMMIT (store/deferred.py), so the group runs one statement
+    through SQLAlchemy before the commit; each step is written once, and each saw its row."""
+    cached = Store(store.engine, state_cache=16)  # as the server's: states kept between steps
+    committer = Committer(cached, threads=1)
+    wids = [start_tally(cached, tenant, tally_wf) for _ in range(6)]
+    statements: list[str] = []
+
+    def seen(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        statements.append(statement)
+
+    release = threading.Event()
+
+    async def scenario() -> list[Any]:
+        busy = asyncio.ensure_future(committer.submit("", lambda: release.wait(10), lambda _: None))
+        await asyncio.sleep(0.05)
+        steps = [asyncio.ensure_future(committer.submit(
+            wid, lambda wid=wid: add_item(cached, tenant, wid, tally_wf, 1), lambda _: None,
+            lock=(tenant, wid))) for wid in wids]
+        await asyncio.sleep(0.05)
+        sa.event.listen(store.engine, "before_cursor_execute", seen)
+        release.set()
+        return await asyncio.gather(busy, *steps)
+
+    try:
+        answers = asyncio.run(scenario())
+    finally:
+        sa.event.remove(store.engine, "before_cursor_execute", seen)
+        committer.stop()
+    assert answers[1:] == [1] * 6
+    assert all(stored_total(store, tenant, wid) == 1 for wid in wids)
+    if store.dialect == "postgresql":
+        assert len(statements) == 1 and "FOR NO KEY UPDATE" in statements[0], statements

@@ -28,6 +28,8 @@ from emirax.engine.state import WorkflowState
 from emirax.engine.step import AddFacts, Delta, Failure, Result, Start, step
 from emirax.pipeline import build
 from server.store import Conflict, NotFound, Store, StoreError, token_hash
+from server.store.models import FACTS as FACTS_TABLE
+from server.store.models import WORKFLOWS as WORKFLOWS_TABLE
 from server.store.models import Base
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -606,3 +608,57 @@ def test_runners_seen_are_forgotten_after_a_while(store: Store) -> None:
     store.seen_runner(tenant_id, "host:1", ["encode", "split"])  # the same runner, again
     assert store.forget_runners(timedelta(days=1)) == 0
     assert store.forget_runners(timedelta(0)) == 1
+
+
+# ── writes sent with the commit (PostgreSQL: server/store/deferred.py) ──────────────────────────
+
+
+def test_writes_kept_for_the_commit_are_seen_in_the_transaction_and_dropped_with_it(
+        store: Store, tally_wf: Workflow) -> None:
+    """On PostgreSQL a new workflow's row and a step's delta wait to go out with the COMMIT; a
+    statement the transaction runs first sends them before it, and a rollback drops them (the
+    pooled connection's next transaction never sends them). SQLite writes at once: the same
+    assertions hold."""
+    tenant_id = new_tenant(store)
+    add_bundle(store, tenant_id, "t.tally", "1")
+    count = sa.select(sa.func.count()).select_from(FACTS_TABLE)
+    with store.start(tenant_id, tally_wf.name, "t.tally", "1") as s:
+        s.apply(step(tally_wf, s.state, Start([("Counter", {"total": 0})])))
+        wid = s.workflow.id
+        seen = s._conn.execute(count.where(FACTS_TABLE.c.workflow_pk == s._pk)).scalar()
+        assert seen == 1  # sent before the SELECT, in order (the row before its facts)
+    for _ in range(3):  # every pooled connection, likely: none sends a dropped write later
+        with pytest.raises(RuntimeError):
+            with store.start(tenant_id, tally_wf.name, "t.tally", "1") as s:
+                s.apply(step(tally_wf, s.state, Start([("Counter", {"total": 9})])))
+                dropped = s.workflow.id
+                raise RuntimeError("the host fails before the commit")
+        assert store.workflow(tenant_id, dropped) is None
+    with store.step(tenant_id, wid) as s:
+        s.apply(step(tally_wf, s.state, AddFacts([("Item", {"n": 1})])))
+    assert [w.id for w in store.list_workflows(tenant_id)[0]] == [wid]
+    loaded = store.load(tenant_id, wid)
+    assert loaded is not None and {"type": "Counter", "fields": {"total": 1}} in loaded.fact_list()
+
+
+def test_two_stores_starting_workflows_take_distinct_keys(store: Store, tally_wf: Workflow) -> None:
+    """Two processes (two stores) take workflow keys from the sequence in blocks: interleaved
+    starts never share one, and each workflow reads back whole."""
+    tenant_id = new_tenant(store)
+    add_bundle(store, tenant_id, "t.tally", "1")
+    one, two = Store(store.engine), Store(store.engine)
+    ids = []
+    for n in range(10):
+        via = (one, two)[n % 2]
+        with via.start(tenant_id, tally_wf.name, "t.tally", "1") as s:
+            s.apply(step(tally_wf, s.state, Start([("Counter", {"total": n})])))
+            ids.append(s.workflow.id)
+    rows = {w.id for w in store.list_workflows(tenant_id, limit=50)[0]}
+    assert rows == set(ids)
+    with store.engine.connect() as conn:
+        pks = conn.execute(sa.select(WORKFLOWS_TABLE.c.pk).where(
+            WORKFLOWS_TABLE.c.tenant_id == tenant_id)).scalars().all()
+    assert len(set(pks)) == 10
+    for n, wid in enumerate(ids):
+        loaded = store.load(tenant_id, wid)
+        assert loaded is not None and {"type": "Counter", "fields": {"total": n}} in loaded.fact_list()

@@ -22,7 +22,7 @@ import json
 import secrets
 import threading
 import uuid
-from collections import OrderedDict
+from collections import OrderedDict, namedtuple
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -45,7 +45,8 @@ from server.store.models import (
     utcnow,
 )
 from server.store.queue import OPEN, QueueStore, Refused, refusal, waiting_reasons
-from server.store.writes import Writes, write_postgres, write_rows
+from server.store import deferred
+from server.store.writes import Writes, postgres_statement, write_rows
 
 __all__ = [
     "Conflict", "InvocationInfo", "NotFound", "PackageInfo", "Refused", "StepHandle", "Store",
@@ -233,6 +234,10 @@ class Store(QueueStore):
         self._sqlite_writer = threading.RLock()
         self._group = threading.local()  # the shared transaction of this thread's group commit
         self._insert_row, self._locks = _step_statements(self.dialect, self._insert(WORKFLOWS))
+        self._pks: list[int] = []  # workflow pks taken from the sequence ahead (PostgreSQL)
+        self._pks_lock = threading.Lock()
+        if self.dialect == "postgresql":
+            deferred.install(engine)
 
     @classmethod
     def open(cls, url: str, *, state_cache: int = 0, busy_timeout: float = 30.0,
@@ -303,8 +308,13 @@ class Store(QueueStore):
         with self.engine.connect() as conn:
             if snapshot and self.dialect == "postgresql":
                 conn.execution_options(isolation_level="REPEATABLE READ")
-            with conn.begin():
-                yield conn
+            try:
+                with conn.begin():
+                    yield conn
+                    if write and self.dialect == "postgresql":
+                        deferred.send(conn, commit=True)  # the writes kept back, and COMMIT
+            finally:
+                deferred.discard(conn)
 
     @contextmanager
     def group(self) -> Iterator[None]:
@@ -316,13 +326,25 @@ class Store(QueueStore):
             raise RuntimeError("group() does not nest")
         after: list[Callable[[], None]] = []
         with self._tx(write=True) as conn:
-            self._group.conn, self._group.after = conn, after
+            self._group.conn, self._group.after, self._group.ahead = conn, after, {}
             try:
                 yield
             finally:
-                self._group.conn = self._group.after = None
+                self._group.conn = self._group.after = self._group.ahead = None
         for callback in after:
             callback()
+
+    def lock_ahead(self, workflows: list[tuple[int, str]]) -> None:
+        """In a group on PostgreSQL: lock the rows of these (tenant, workflow id) pairs with ONE
+        statement, in the order every group locks (by id), for the steps about to run: the
+        first step of each takes its row from here instead of asking (a second step of the same
+        workflow asks again: the first changed the row). SQLite's group holds the whole
+        database already."""
+        conn = getattr(self._group, "conn", None)
+        if conn is None or self.dialect != "postgresql" or len(workflows) < 2:
+            return
+        rows = conn.execute(self._locks["many"], {"pairs": sorted(set(workflows))})
+        self._group.ahead = {(row.tenant_id, row.id): row for row in rows}
 
     def _after_commit(self, callback: Callable[[], None]) -> None:
         """Run `callback` once this thread's transaction has committed: now, when it has (a
@@ -527,7 +549,8 @@ class Store(QueueStore):
         workflow without its first facts). With a client id that exists, nothing is created:
         the handle has `created == False` and the existing workflow, locked, as `step` gives it."""
         wid = _client_id(client_id) if client_id is not None else uuid.uuid4().hex
-        with self._handle(tenant_id, wid, create=(name, package, version, priority)) as handle:
+        with self._handle(tenant_id, wid, create=(name, package, version, priority),
+                          fresh=client_id is None) as handle:
             yield handle
 
     @contextmanager
@@ -548,12 +571,12 @@ class Store(QueueStore):
     @contextmanager
     def _handle(self, tenant_id: int, workflow_id: str | None,
                 create: tuple[str, str, str, int] | None,
-                invocation: int | None = None) -> Iterator[StepHandle]:
+                invocation: int | None = None, fresh: bool = False) -> Iterator[StepHandle]:
         handle: StepHandle | None = None
         try:
             with self._tx(write=True) as conn:
                 # A row this transaction inserted is its own until the commit: no lock needed.
-                row = (self._insert_workflow(conn, tenant_id, workflow_id, *create)
+                row = (self._insert_workflow(conn, tenant_id, workflow_id, *create, fresh=fresh)
                        if create is not None and workflow_id is not None else None)
                 created = row is not None
                 if not created:
@@ -581,20 +604,42 @@ class Store(QueueStore):
 
     def _insert_workflow(self, conn: sa.Connection, tenant_id: int, workflow_id: str, name: str,
                          package: str, version: str, priority: int,
-                         parent: tuple[int, int] | None = None) -> Any:
-        """The new row, or None when the tenant has a workflow with this id already."""
+                         parent: tuple[int, int] | None = None, fresh: bool = False) -> Any:
+        """The new row, or None when the tenant has a workflow with this id already. A `fresh`
+        id (generated here, so taken by nobody) on PostgreSQL is written with the commit: its
+        pk comes from the sequence ahead of time, and the row is known without asking."""
         now = utcnow()
-        return conn.execute(self._insert_row, {
+        values = {
             "id": workflow_id, "tenant_id": tenant_id, "name": name, "package": package,
             "version": version, "status": "waiting", "output": None, "error": None,
             "priority": priority, "next_fact": 1, "next_call": 1, "next_pending": 1, "next_seq": 1,
             "revision": 0, "created_at": now, "updated_at": now,
             "parent_pk": parent[0] if parent else None,
-            "parent_call": parent[1] if parent else None}).first()
+            "parent_call": parent[1] if parent else None}
+        if not (fresh and self.dialect == "postgresql"):
+            return conn.execute(self._insert_row, values).first()
+        row = _WorkflowRow(pk=self._new_pk(conn), **values)
+        deferred.later(conn, _INSERT_WORKFLOW, row._asdict())
+        return row
+
+    def _new_pk(self, conn: sa.Connection) -> int:
+        """A workflow pk from the sequence, taken PK_BLOCK at a time (one round trip for many
+        starts; a block a crash leaves unused is a gap, as any rolled-back insert leaves)."""
+        with self._pks_lock:
+            if not self._pks:
+                self._pks = list(conn.exec_driver_sql(
+                    "SELECT nextval(pg_get_serial_sequence('workflows', 'pk')) "
+                    f"FROM generate_series(1, {PK_BLOCK})").scalars())[::-1]
+            return self._pks.pop()
 
     def _lock(self, conn: sa.Connection, tenant_id: int, workflow_id: str | None,
               invocation: int | None = None, pk: int | None = None) -> Any:
         """The workflow's row, locked: by public id, by the pk, or as an invocation's workflow."""
+        ahead = getattr(self._group, "ahead", None)
+        if ahead and invocation is None and pk is None:
+            row = ahead.pop((tenant_id, workflow_id), None)
+            if row is not None:
+                return row
         if invocation is not None:
             query, params = self._locks["invocation"], {"invocation": invocation}
         elif pk is not None:
@@ -739,8 +784,10 @@ class StepHandle:
         w.trace = [{"seq": self._seq + i, "event": event} for i, event in enumerate(delta.trace)]
         self._seq += len(delta.trace)
         self._workflow_writes(w, delta)
-        if self._store.dialect == "postgresql":
-            write_postgres(self._conn, self._pk, w)  # one statement, one round trip
+        if self._store.dialect == "postgresql":  # one statement, sent with the commit
+            statement = postgres_statement(self._conn, self._pk, w)
+            if statement is not None:
+                deferred.later(self._conn, *statement)
         else:
             write_rows(self._conn, self._pk, w)
 
@@ -909,6 +956,12 @@ def _priority(options: dict[str, Any], workflow_priority: int) -> int:
     return workflow_priority + (p if isinstance(p, int) and not isinstance(p, bool) else 0)
 
 
+PK_BLOCK = 32
+_WorkflowRow = namedtuple("_WorkflowRow", [c.name for c in WORKFLOWS.c])  # a row known unread
+_INSERT_WORKFLOW = (f"INSERT INTO workflows ({', '.join(_WorkflowRow._fields)}) VALUES "
+                    f"({', '.join(f'%({name})s' for name in _WorkflowRow._fields)})")
+
+
 def _step_statements(dialect: str, insert: Any) -> tuple[Any, dict[str, Any]]:
     """The statements every step runs, built once: SQLAlchemy finds a built statement's compiled
     form by its memoized cache key, where a statement built per step costs more to build and
@@ -922,9 +975,11 @@ def _step_statements(dialect: str, insert: Any) -> tuple[Any, dict[str, Any]]:
     of_invocation = (sa.select(INVOCATIONS.c.workflow_pk)
                      .where(INVOCATIONS.c.id == sa.bindparam("invocation"),
                             INVOCATIONS.c.tenant_id == sa.bindparam("tenant_id")).scalar_subquery())
+    pairs = sa.tuple_(WORKFLOWS.c.tenant_id, WORKFLOWS.c.id).in_(sa.bindparam("pairs", expanding=True))
     locks = {"id": base.where(WORKFLOWS.c.id == sa.bindparam("workflow_id")),
              "pk": base.where(WORKFLOWS.c.pk == sa.bindparam("pk")),
-             "invocation": base.where(WORKFLOWS.c.pk == of_invocation)}
+             "invocation": base.where(WORKFLOWS.c.pk == of_invocation),
+             "many": sa.select(WORKFLOWS).where(pairs).order_by(WORKFLOWS.c.id, WORKFLOWS.c.tenant_id)}
     if dialect == "postgresql":
         # NO KEY UPDATE: serialises steps of this workflow, yet does not block other
         # transactions inserting rows that refer to it (a foreign key takes KEY SHARE).

@@ -2,7 +2,8 @@
 
     writes = Writes(...)                 # built by StepHandle.apply from the engine's delta
     write_rows(conn, pk, writes)         # any database: a statement per table and kind
-    write_postgres(conn, pk, writes)     # PostgreSQL: ONE statement (writable CTEs)
+    postgres_statement(conn, pk, writes) # PostgreSQL: ONE statement (writable CTEs), which
+                                         # the store sends with the COMMIT (deferred.py)
 
 A step changes up to a dozen kinds of rows (facts inserted, modified and retracted, refraction
 keys, pending activations, invocations queued and settled, trace events, the workflow row).
@@ -30,7 +31,7 @@ import sqlalchemy as sa
 from server.store import models as m
 from server.store.models import FACTS, FIRED, INVOCATIONS, PENDING, TRACE, WORKFLOWS
 
-__all__ = ["Writes", "write_postgres", "write_rows"]
+__all__ = ["Writes", "postgres_statement", "write_rows"]
 
 OPEN = ("queued", "leased")
 
@@ -120,9 +121,10 @@ def _IN(param: str) -> str:  # noqa: N802 (reads as SQL)
     return f"IN (SELECT value::int FROM json_array_elements_text(CAST(:{param} AS json)))"
 
 
-def write_postgres(conn: sa.Connection, pk: int, w: Writes) -> None:
-    """The whole delta as one statement: a data-modifying CTE per non-empty part, then the
-    workflow row's UPDATE (row by row instead when a string holds U+0000, see below)."""
+def postgres_statement(conn: sa.Connection, pk: int, w: Writes) -> tuple[str, dict[str, Any]] | None:
+    """The whole delta as one statement, to be sent (psycopg style, with its parameters): a
+    data-modifying CTE per non-empty part, then the workflow row's UPDATE. None when a string
+    holds U+0000: such a delta is written row by row here instead (see below)."""
     parts: list[str] = []
     params: dict[str, Any] = {"pk": pk, "now": w.now}
 
@@ -185,12 +187,11 @@ def write_postgres(conn: sa.Connection, pk: int, w: Writes) -> None:
         # json_to_recordset refuses a NUL in any string it unpacks; `json` columns keep one
         # as its escape, so such a (rare) delta goes row by row.
         write_rows(conn, pk, w)
-        return
+        return None
     head = f"WITH {', '.join(parts)} " if parts else ""
-    # Straight to the driver: a text() clause with this many parameters costs more to build
-    # and key in SQLAlchemy than PostgreSQL takes to run it.
-    conn.exec_driver_sql(_pyformat(f"{head}UPDATE workflows SET {', '.join(sets)} WHERE pk = :pk"),
-                         params)
+    # For the driver itself: a text() clause with this many parameters costs more to build and
+    # key in SQLAlchemy than PostgreSQL takes to run it.
+    return _pyformat(f"{head}UPDATE workflows SET {', '.join(sets)} WHERE pk = :pk"), params
 
 
 @functools.lru_cache(maxsize=512)

@@ -1,0 +1,69 @@
+"""Writes sent with the commit (PostgreSQL): write-behind inside one transaction.
+
+A step's writes (a new workflow's row, the one statement of its delta) return nothing the step
+reads. Sent at once, each would cost a round trip of its own before the COMMIT costs another;
+kept here, they go out together with the COMMIT in one psycopg pipeline, one round trip in all.
+Any other statement the transaction executes first sends them before it (a SQLAlchemy
+`before_cursor_execute` hook), so every statement still sees the writes made before it, in
+order, and a transaction that rolls back discards what it had not sent.
+
+Kept per thread: a transaction runs on one thread, and the hook compares connections, so a read
+the same thread makes on another connection meanwhile neither sends nor sees them.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from typing import Any
+
+import sqlalchemy as sa
+
+__all__ = ["discard", "install", "later", "send"]
+
+_pending = threading.local()  # .conn: the connection whose writes wait; .writes: [(sql, params)]
+_installed: weakref.WeakSet[sa.Engine] = weakref.WeakSet()
+_lock = threading.Lock()
+
+
+def install(engine: sa.Engine) -> None:
+    """Make `engine`'s connections send their waiting writes before any other statement."""
+    with _lock:
+        if engine not in _installed:
+            sa.event.listen(engine, "before_cursor_execute", _before)
+            _installed.add(engine)
+
+
+def later(conn: sa.Connection, sql: str, params: dict[str, Any]) -> None:
+    """Send `sql` (psycopg's `%(name)s` style) on `conn` with the commit, or before the next
+    statement on `conn`, whichever comes first."""
+    if getattr(_pending, "conn", None) is not conn:
+        _pending.conn, _pending.writes = conn, []
+    _pending.writes.append((sql, params))
+
+
+def send(conn: sa.Connection, *, commit: bool) -> bool:
+    """Send `conn`'s waiting writes, with the COMMIT when `commit`, in one pipeline; False
+    when there was nothing waiting (and so nothing was committed here)."""
+    if getattr(_pending, "conn", None) is not conn or not _pending.writes:
+        return False
+    writes, _pending.writes = _pending.writes, []
+    driver = conn.connection.driver_connection
+    assert driver is not None
+    with driver.pipeline():
+        for sql, params in writes:
+            driver.execute(sql, params)
+        if commit:
+            driver.commit()
+    return True
+
+
+def discard(conn: sa.Connection) -> None:
+    """Forget `conn`'s waiting writes (its transaction has ended)."""
+    if getattr(_pending, "conn", None) is conn:
+        _pending.conn, _pending.writes = None, []
+
+
+def _before(conn: sa.Connection, *_: Any) -> None:
+    if getattr(_pending, "conn", None) is conn and _pending.writes:
+        send(conn, commit=False)
