@@ -7,6 +7,9 @@ Any other statement the transaction executes first sends them before it (a SQLAl
 `before_cursor_execute` hook), so every statement still sees the writes made before it, in
 order, and a transaction that rolls back discards what it had not sent.
 
+`fetch_one` runs a query whose row the step needs (its workflow's row lock) in the same way: the
+writes waiting, the BEGIN and the query in one pipeline.
+
 Kept per thread: a transaction runs on one thread, and the hook compares connections, so a read
 the same thread makes on another connection meanwhile neither sends nor sees them.
 """
@@ -19,7 +22,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-__all__ = ["discard", "install", "later", "send"]
+__all__ = ["discard", "fetch_one", "install", "later", "send"]
 
 _pending = threading.local()  # .conn: the connection whose writes wait; .writes: [(sql, params)]
 _installed: weakref.WeakSet[sa.Engine] = weakref.WeakSet()
@@ -56,6 +59,21 @@ def send(conn: sa.Connection, *, commit: bool) -> bool:
         if commit:
             driver.commit()
     return True
+
+
+def fetch_one(conn: sa.Connection, sql: str, params: dict[str, Any]) -> tuple[Any, ...] | None:
+    """The first row of a query (psycopg style) on `conn`, in ONE round trip together with the
+    writes waiting before it and the BEGIN psycopg sends to open the transaction (outside a
+    pipeline the BEGIN alone costs a round trip)."""
+    writes = _pending.writes if getattr(_pending, "conn", None) is conn else []
+    _pending.writes = []
+    driver = conn.connection.driver_connection
+    assert driver is not None
+    with driver.pipeline():
+        for write_sql, write_params in writes:
+            driver.execute(write_sql, write_params)
+        cursor = driver.execute(sql, params)
+    return cursor.fetchone()
 
 
 def discard(conn: sa.Connection) -> None:

@@ -234,6 +234,9 @@ class Store(QueueStore):
         self._sqlite_writer = threading.RLock()
         self._group = threading.local()  # the shared transaction of this thread's group commit
         self._insert_row, self._locks = _step_statements(self.dialect, self._insert(WORKFLOWS))
+        # The row locks as SQL for psycopg itself (PostgreSQL): see `_lock`.
+        self._lock_sql = {by: str(query.compile(dialect=engine.dialect))
+                          for by, query in self._locks.items() if by != "many"}
         self._pks: list[int] = []  # workflow pks taken from the sequence ahead (PostgreSQL)
         self._pks_lock = threading.Lock()
         if self.dialect == "postgresql":
@@ -641,12 +644,18 @@ class Store(QueueStore):
             if row is not None:
                 return row
         if invocation is not None:
-            query, params = self._locks["invocation"], {"invocation": invocation}
+            by, params = "invocation", {"invocation": invocation}
         elif pk is not None:
-            query, params = self._locks["pk"], {"pk": pk}
+            by, params = "pk", {"pk": pk}
         else:
-            query, params = self._locks["id"], {"workflow_id": workflow_id}
-        return conn.execute(query, {"tenant_id": tenant_id, **params}).first()
+            by, params = "id", {"workflow_id": workflow_id}
+        params["tenant_id"] = tenant_id
+        if self.dialect != "postgresql":
+            return conn.execute(self._locks[by], params).first()
+        # Usually a transaction's first statement: with psycopg itself, in a pipeline with the
+        # BEGIN (and any writes waiting), it is one round trip instead of two.
+        found = deferred.fetch_one(conn, self._lock_sql[by], params)
+        return _WorkflowRow(*found) if found is not None else None
 
     def _nested(self, outer: StepHandle, row: Any, created: bool) -> StepHandle:
         """A handle on another workflow in `outer`'s transaction (a child it starts, a parent
