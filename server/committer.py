@@ -111,7 +111,12 @@ class Committer:
                     break
                 jobs.append(more)
             answers: list[tuple[_Job, Any, BaseException | None]] = []
-            self._run(sorted(jobs, key=lambda j: j.key), answers)
+            try:
+                self._run(sorted(jobs, key=lambda j: j.key), answers)
+            except Exception as exc:  # noqa: BLE001 - a bug here must not hang the requests
+                log.exception("the committer failed a batch")
+                answered = {id(item[0]) for item in answers}
+                answers += [(job, None, exc) for job in jobs if id(job) not in answered]
             self._answer(answers)
             if stop:
                 return
