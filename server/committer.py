@@ -12,8 +12,11 @@ and a thread hop serve many steps instead of one; a lone step runs exactly as be
 transaction.
 
 A step in a group sees the steps before it (one transaction); each still locks its workflow's
-row, and a group takes its steps in workflow-id order, so two groups never wait on each other in
-a cycle. When a step of a group raises (bad input, a missing workflow, a database error), the
+row. A group locks the rows of the workflows it steps in workflow-id order, so groups stepping
+existing workflows do not wait on each other in a cycle; a deadlock that remains possible (a
+start with a client id, or a child or parent row, locked later in another order) is one the
+database breaks, and it is then a database error like any other. When a step of a group raises
+(bad input, a missing workflow, a database error), the
 whole transaction is rolled back, that step runs again alone (so its own error reaches its own
 request and nobody else's) and the rest run again as a group: nothing of a failed step is ever
 written, and every other step is written exactly once. docs/server.md has the measurements.
