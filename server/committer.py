@@ -4,22 +4,21 @@ A route that steps a workflow (start, add facts) does not run its step in the th
 hands it to the Committer and awaits the answer on the event loop. The Committer's worker
 threads each take every step waiting (up to `max_batch`), run them one after another inside ONE
 transaction (`Store.group`), commit once, then run each step's post-commit work (metrics, waking
-runners, the dispatch hook) and answer every request. The rows of the workflows the group steps
-are locked with one statement before the first step (`Store.lock_ahead`), and on PostgreSQL the
-steps' writes go out with the COMMIT (store/deferred.py): a group costs two round trips, however
-many steps it holds. Under load a commit, a connection checkout
-and a thread hop serve many steps instead of one; a lone step runs exactly as before, in its own
-transaction.
+runners, the dispatch hook) and answer every request. The rows of the workflows a group steps are
+locked with one statement before its first step (`Store.lock_ahead`), and on PostgreSQL the
+steps' writes go out with the COMMIT (store/deferred.py): a group costs two round trips however
+many steps it holds. Under load one commit, one connection checkout and one thread hop serve many
+steps; a lone step runs as before, in a transaction of its own.
 
-A step in a group sees the steps before it (one transaction); each still locks its workflow's
-row. A group locks the rows of the workflows it steps in workflow-id order, so groups stepping
-existing workflows do not wait on each other in a cycle; a deadlock that remains possible (a
-start with a client id, or a child or parent row, locked later in another order) is one the
-database breaks, and it is then a database error like any other. When a step of a group raises
-(bad input, a missing workflow, a database error), the
-whole transaction is rolled back, that step runs again alone (so its own error reaches its own
-request and nobody else's) and the rest run again as a group: nothing of a failed step is ever
-written, and every other step is written exactly once. docs/server.md has the measurements.
+A step in a group sees the steps before it (one transaction), and each still locks its
+workflow's row. The rows taken ahead are locked in workflow-id order, so groups stepping
+existing workflows never wait on each other in a cycle; a deadlock that remains possible (a start
+with a client id, a child's or a parent's row, locked later in another order) is broken by the
+database, and is then a database error like any other. When a step of a group raises (bad input,
+a missing workflow, a database error), the whole transaction is rolled back, that step runs again
+alone (so its own error reaches its own request and nobody else's) and the rest run again as a
+group: nothing of a failed step is written, and every other step is written exactly once.
+docs/server.md has the measurements.
 """
 
 from __future__ import annotations

@@ -10,8 +10,8 @@ order, and a transaction that rolls back discards what it had not sent.
 `fetch_one` runs a query whose row the step needs (its workflow's row lock) in the same way: the
 writes waiting, the BEGIN and the query in one pipeline.
 
-Kept per thread: a transaction runs on one thread, and the hook compares connections, so a read
-the same thread makes on another connection meanwhile neither sends nor sees them.
+Kept per thread and per connection: a transaction runs on one thread, so a statement the same
+thread runs on another connection meanwhile neither sends nor sees them.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import sqlalchemy as sa
 
 __all__ = ["discard", "fetch_one", "install", "later", "send"]
 
-_pending = threading.local()  # .conn: the connection whose writes wait; .writes: [(sql, params)]
+_pending = threading.local()  # .by_conn: {connection: [(sql, params), ...]} of this thread
 _installed: weakref.WeakSet[sa.Engine] = weakref.WeakSet()
 _lock = threading.Lock()
 
@@ -40,19 +40,16 @@ def install(engine: sa.Engine) -> None:
 def later(conn: sa.Connection, sql: str, params: dict[str, Any]) -> None:
     """Send `sql` (psycopg's `%(name)s` style) on `conn` with the commit, or before the next
     statement on `conn`, whichever comes first."""
-    if getattr(_pending, "conn", None) is not conn:
-        _pending.conn, _pending.writes = conn, []
-    _pending.writes.append((sql, params))
+    _table().setdefault(conn, []).append((sql, params))
 
 
 def send(conn: sa.Connection, *, commit: bool) -> bool:
     """Send `conn`'s waiting writes, with the COMMIT when `commit`, in one pipeline; False
     when there was nothing waiting (and so nothing was committed here)."""
-    if getattr(_pending, "conn", None) is not conn or not _pending.writes:
+    writes = _table().pop(conn, None)
+    if not writes:
         return False
-    writes, _pending.writes = _pending.writes, []
-    driver = conn.connection.driver_connection
-    assert driver is not None
+    driver = _driver(conn)
     with driver.pipeline():
         for sql, params in writes:
             driver.execute(sql, params)
@@ -65,10 +62,8 @@ def fetch_one(conn: sa.Connection, sql: str, params: dict[str, Any]) -> tuple[An
     """The first row of a query (psycopg style) on `conn`, in ONE round trip together with the
     writes waiting before it and the BEGIN psycopg sends to open the transaction (outside a
     pipeline the BEGIN alone costs a round trip)."""
-    writes = _pending.writes if getattr(_pending, "conn", None) is conn else []
-    _pending.writes = []
-    driver = conn.connection.driver_connection
-    assert driver is not None
+    writes = _table().pop(conn, None) or []
+    driver = _driver(conn)
     with driver.pipeline():
         for write_sql, write_params in writes:
             driver.execute(write_sql, write_params)
@@ -78,10 +73,22 @@ def fetch_one(conn: sa.Connection, sql: str, params: dict[str, Any]) -> tuple[An
 
 def discard(conn: sa.Connection) -> None:
     """Forget `conn`'s waiting writes (its transaction has ended)."""
-    if getattr(_pending, "conn", None) is conn:
-        _pending.conn, _pending.writes = None, []
+    _table().pop(conn, None)
 
 
 def _before(conn: sa.Connection, *_: Any) -> None:
-    if getattr(_pending, "conn", None) is conn and _pending.writes:
+    if _table().get(conn):
         send(conn, commit=False)
+
+
+def _table() -> dict[sa.Connection, list[tuple[str, dict[str, Any]]]]:
+    table = getattr(_pending, "by_conn", None)
+    if table is None:
+        table = _pending.by_conn = {}
+    return table
+
+
+def _driver(conn: sa.Connection) -> Any:
+    driver = conn.connection.driver_connection
+    assert driver is not None
+    return driver
