@@ -662,3 +662,41 @@ def test_two_stores_starting_workflows_take_distinct_keys(store: Store, tally_wf
     for n, wid in enumerate(ids):
         loaded = store.load(tenant_id, wid)
         assert loaded is not None and {"type": "Counter", "fields": {"total": n}} in loaded.fact_list()
+
+
+DONE = """
+package t.done
+
+workflow Done {
+    fact Go(int n)
+
+    rule 'finish' {
+        match { g: Go() }
+        action { complete(n: g.n) }
+    }
+}
+"""
+
+
+def test_the_state_cache_keeps_live_workflows_only(store: Store, tmp_path: Path) -> None:
+    """A state goes back into the cache after its commit while the workflow is live; an ended
+    workflow's does not (a cache of ended ones was a heap the collector rescanned, 0.5 s a
+    pass). The ended workflow still reads back, and a step on it loads it from the rows."""
+    path = tmp_path / "done.emx"
+    path.write_text(DONE, encoding="utf-8")
+    result = build(path, cache_dir=False)
+    assert result.ir is not None
+    wf = Program.from_ir(result.ir, version="1").workflow("Done")
+    tenant_id = new_tenant(store)
+    add_bundle(store, tenant_id, "t.done", "1")
+    cached = Store(store.engine, state_cache=8)
+    with cached.start(tenant_id, wf.name, "t.done", "1") as s:
+        s.apply(step(wf, s.state, Start([])))
+        wid, pk = s.workflow.id, s._pk
+    assert pk in cached._cache.entries  # waiting: kept
+    with cached.step(tenant_id, wid) as s:
+        s.apply(step(wf, s.state, AddFacts([("Go", {"n": 7})])))
+        assert s.state.status == "completed"
+    assert pk not in cached._cache.entries  # ended: not kept
+    loaded = cached.load(tenant_id, wid)
+    assert loaded is not None and loaded.status == "completed" and loaded.output == {"n": 7}
