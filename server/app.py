@@ -139,9 +139,9 @@ def create_app(store: Store, *, admin_token: str, plugins: pluggy.PluginManager 
 
     stepper = Stepper(spaces, active_version, limits=limits)
     queue = Queue(store, spaces, stepper, lease_seconds=lease_seconds, poll_cap=poll_cap)
-    committer = Committer(store, threads=step_threads)
     sweeper = Sweeper(queue, every=lease_seconds / 2)
     metrics = Metrics(store)
+    committer = Committer(store, threads=step_threads, on_group=metrics.groups.observe)
 
     def committed(tenant_id: int, work: Work) -> None:
         """After a transaction of steps commits (any route, re-evaluation, a runner's result):

@@ -55,8 +55,10 @@ class Committer:
     """Runs steps handed over by the event loop in `threads` worker threads, grouping the steps
     that wait together into one transaction."""
 
-    def __init__(self, store: Store, *, threads: int = 1, max_batch: int = 64) -> None:
+    def __init__(self, store: Store, *, threads: int = 1, max_batch: int = 64,
+                 on_group: Callable[[int], None] | None = None) -> None:
         self.store = store
+        self.on_group = on_group  # told the size of every group committed (a metric)
         self.threads = threads
         self.max_batch = max_batch
         self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
@@ -139,11 +141,16 @@ class Committer:
                 self._alone(jobs[failed], answers)
                 jobs = jobs[:failed] + jobs[failed + 1:]
                 continue
+            self._committed(len(jobs))
             for job, answer in zip(jobs, done):
                 self._after(job, answer, answers)
             return
         for job in jobs:
             self._alone(job, answers)
+
+    def _committed(self, steps: int) -> None:
+        if self.on_group is not None:
+            self.on_group(steps)
 
     def _alone(self, job: _Job, answers: list[tuple[_Job, Any, BaseException | None]]) -> None:
         try:
@@ -151,6 +158,7 @@ class Committer:
         except Exception as exc:  # noqa: BLE001 - the request's own error, raised there
             answers.append((job, None, exc))
             return
+        self._committed(1)
         self._after(job, answer, answers)
 
     def _after(self, job: _Job, answer: Any, answers: list[tuple[_Job, Any, BaseException | None]]) -> None:

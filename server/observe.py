@@ -6,7 +6,8 @@ request.
     app.add_middleware(AccessLog, metrics=metrics)
 
 Metrics: `emirax_requests_total{method,route,status}`, `emirax_request_seconds{route}`,
-`emirax_steps_total{tenant}`, `emirax_step_seconds`, and `emirax_queue_depth{tenant}` (invocations
+`emirax_steps_total{tenant}`, `emirax_step_seconds`, `emirax_commit_group_steps` (the steps that
+shared a transaction, server/committer.py), and `emirax_queue_depth{tenant}` (invocations
 queued, read from the store when scraped, so every server process reports the same truth).
 Routes are labelled by their template (`/v1/workflows/{workflow_id}`), never by raw path, so
 label cardinality stays bounded.
@@ -54,6 +55,9 @@ class Metrics:
         self.invocations = Counter("emirax_invocations_total",
                                    "Invocations leased and settled, by outcome",
                                    ["tenant", "outcome"], registry=self.registry)
+        self.groups = Histogram("emirax_commit_group_steps",
+                                "Steps per transaction of the committer (group commit)",
+                                buckets=(1, 2, 4, 8, 16, 32, 64), registry=self.registry)
         self.registry.register(_QueueDepth(store))
 
     def step(self, tenant_id: int, seconds: float) -> None:

@@ -98,7 +98,8 @@ def test_the_committer_groups_steps_and_keeps_each_error_to_its_own(
         store: Store, tenant: int, tally_wf: Workflow) -> None:  # noqa: F811
     """Eleven steps wait while the worker is busy: they run as one group. One of them names a
     missing workflow: it gets NotFound, alone; the other ten are each written exactly once."""
-    committer = Committer(store, threads=1)
+    sizes: list[int] = []
+    committer = Committer(store, threads=1, on_group=sizes.append)
     wids = [start_tally(store, tenant, tally_wf) for _ in range(10)]
     commits: list[int] = []
 
@@ -114,10 +115,11 @@ def test_the_committer_groups_steps_and_keeps_each_error_to_its_own(
                                 lambda _answer: after.update([wid]), lock=(tenant, wid))
 
     async def scenario() -> list[Any]:
-        busy = committer.submit("", lambda: release.wait(10), lambda _answer: None)
+        busy = asyncio.ensure_future(committer.submit("", lambda: release.wait(10),
+                                                      lambda _answer: None))
         await asyncio.sleep(0.05)  # the worker holds the first job: the rest queue behind it
         rest = [job(wid, n) for n, wid in enumerate(wids)] + [job("missing", 99)]
-        tasks = [asyncio.ensure_future(c) for c in [busy, *rest]]
+        tasks = [busy, *(asyncio.ensure_future(c) for c in rest)]
         await asyncio.sleep(0.05)
         release.set()
         return await asyncio.gather(*tasks, return_exceptions=True)
@@ -132,6 +134,7 @@ def test_the_committer_groups_steps_and_keeps_each_error_to_its_own(
     assert all(stored_total(store, tenant, wid) == 1 for wid in wids)
     assert after == Counter(wids)  # post-commit work ran once for each committed step
     assert len(commits) == 1  # the ten in one transaction (the failed attempt rolled back)
+    assert sorted(sizes) == [1, 10]  # the metric: the busy step alone, then the group of ten
 
 
 def test_a_group_on_postgresql_asks_the_database_once_before_its_commit(

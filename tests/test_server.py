@@ -316,6 +316,7 @@ def test_metrics_count_requests_and_steps(server: Server, orders_v1: bytes) -> N
     assert 'emirax_requests_total{method="POST",route="/v1/workflows",status="201"}' in text
     assert "emirax_steps_total{" in text and "emirax_step_seconds_bucket" in text
     assert "emirax_queue_depth" in text
+    assert 'emirax_commit_group_steps_bucket{le="1.0"}' in text
     assert "/v1/workflows/" not in text.replace("/v1/workflows/{workflow_id}", "")  # templates only
 
 
