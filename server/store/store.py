@@ -975,7 +975,8 @@ def _step_statements(dialect: str, insert: Any) -> tuple[Any, dict[str, Any]]:
     """The statements every step runs, built once: SQLAlchemy finds a built statement's compiled
     form by its memoized cache key, where a statement built per step costs more to build and
     key than the database takes to run it (docs/server.md). The INSERT of a new workflow row
-    (None when the tenant has that id already), and the row's lock by id, pk or invocation."""
+    (None when the tenant has that id already), and the row's lock by id, pk or invocation, and
+    of many rows at once ("many", for a group: `Store.lock_ahead`)."""
     columns = [c for c in WORKFLOWS.c if c.name != "pk"]
     insert_row = (insert.values({c.name: sa.bindparam(c.name, type_=c.type) for c in columns})
                   .on_conflict_do_nothing(index_elements=["tenant_id", "id"])
