@@ -442,6 +442,7 @@ def verdicts(results: list[tuple[HttpResult, float | None]]) -> tuple[list[str],
             as_part = f" = 1/{1 / ratio:.0f}" if ratio else ""
             lines.append(f"steps/pgbench at {r.clients} clients = {ratio:.3f}{as_part} (target "
                          f">= 1/6: {'met' if met else 'MISSED'}; aim 1/3: {aim})")
+            lines.append(ceiling(r, tps))
     at = [r for r, _ in results if r.clients == ADD_P99_CLIENTS]
     if at:
         p99 = percentile(at[0].add_ms, 99)
@@ -453,6 +454,21 @@ def verdicts(results: list[tuple[HttpResult, float | None]]) -> tuple[list[str],
         lines.append(f"add-facts p99 at {ADD_P99_CLIENTS} clients: not measured (no run at "
                      f"{ADD_P99_CLIENTS} clients)")
     return lines, ok
+
+
+def ceiling(r: HttpResult, tps: float, cores: int | None = None) -> str:
+    """What the machine could carry at this step's CPU cost: every CPU second a step took (the
+    server's, PostgreSQL's and the load's, all on the same cores) against the cores there are,
+    beside what 1/6 of pgbench would need. It says whether a missed ratio is the server's
+    waiting or the machine's limit."""
+    cores = cores or os.cpu_count() or 1
+    if not r.steps:
+        return f"  cpu at {r.clients} clients: no steps measured"
+    per_step = (r.server_cpu + r.db_cpu + r.client_cpu) / r.steps_per_s * 1000
+    return (f"  cpu at {r.clients} clients: {per_step:.2f} ms a step in all (server "
+            f"{r.server_cpu / r.steps_per_s * 1000:.2f}, database {r.db_cpu / r.steps_per_s * 1000:.2f}, "
+            f"load {r.client_cpu / r.steps_per_s * 1000:.2f}): {cores} cores carry at most "
+            f"{cores * 1000 / per_step:,.0f} steps/s; 1/6 of pgbench is {tps * MIN_RATIO:,.0f}")
 
 
 # ── the run ────────────────────────────────────────────────────────────────────────────────────

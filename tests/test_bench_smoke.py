@@ -7,6 +7,7 @@ and check without errors, of the requested size, the same for the same seed.
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import subprocess
 import sys
@@ -132,6 +133,26 @@ def test_server_benchmark_prints_its_table_on_sqlite(tmp_path: Path) -> None:
     assert steps > 0 and workflows > 0, out
     assert "ERRORS" not in out, out
     assert re.search(r"^add-facts p99 at 4 clients: not measured", out, re.M), out
+
+
+def test_the_server_benchmark_says_what_the_cores_could_carry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each ratio line is followed by the CPU ceiling measured in the same run: the server's,
+    PostgreSQL's and the load's CPU per step against the cores."""
+    # bench/ last on the path: its _stdlib_first is found, and its queue.py never shadows queue.
+    monkeypatch.setattr(sys, "path", [*sys.path, str(BENCH)])
+    spec = importlib.util.spec_from_file_location("bench_server_ceiling", BENCH / "server.py")
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = bench  # its dataclasses look their module up
+    spec.loader.exec_module(bench)
+    r = bench.HttpResult(clients=16, seconds=2.0, steps=2000, workflows=1000, start_ms=[1.0],
+                         add_ms=[1.0], errors=[], server_cpu=0.8, client_cpu=0.2, db_cpu=0.4)
+    line = bench.ceiling(r, 12_000.0, cores=2)
+    # 1,000 steps/s: 1.4 ms of CPU a step in all, so 2 cores carry at most 1,429 steps/s.
+    assert line == ("  cpu at 16 clients: 1.40 ms a step in all (server 0.80, database 0.40, "
+                    "load 0.20): 2 cores carry at most 1,429 steps/s; 1/6 of pgbench is 2,000")
+    lines, ok = bench.verdicts([(r, 12_000.0)])
+    assert not ok and any(text.startswith("  cpu at 16 clients") for text in lines)
 
 
 @pytest.mark.postgres
