@@ -19,7 +19,7 @@ import hashlib
 import hmac
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
@@ -199,17 +199,20 @@ def create_app(store: Store, *, admin_token: str, plugins: pluggy.PluginManager 
             known = tokens[token] = Principal(tenant.id, tenant.name)
         return known
 
+    async def identify(authorization: str) -> Principal | None:
+        """`who`, without leaving the event loop when it can: a token seen before, or the
+        admin's, is known without I/O; a new token, or a server with authentication plugins
+        (which may do I/O), is looked up in the thread pool."""
+        found = known(authorization)
+        return found if found is not None else await run_in_threadpool(who, authorization)
+
     async def principal(request: Request) -> Principal:
         """The request's principal. Async, like the two below, so FastAPI runs them on the event
-        loop instead of handing each to the thread pool (a thread hop costs more than the check):
-        a token seen before, or the admin's, is known without I/O; a new token, or a server
-        with authentication plugins (which may do I/O), is looked up in the thread pool."""
+        loop instead of handing each to the thread pool (a thread hop costs more than the check)."""
         header = request.headers.get("authorization", "")
         if not header.partition(" ")[2]:
             raise Problem(401, "Unauthorized", "send Authorization: Bearer <token>")
-        found = known(header)
-        if found is None:
-            found = await run_in_threadpool(who, header)
+        found = await identify(header)
         if found is None:
             raise Problem(401, "Unauthorized", "unknown token")
         return found
@@ -241,7 +244,7 @@ def create_app(store: Store, *, admin_token: str, plugins: pluggy.PluginManager 
     fast_routes: dict[str, Any] = {}  # filled once the routes exist, below
     app.add_middleware(FastPath, tenant_of=lambda header: getattr(known(header), "tenant_id", None),
                        routes=fast_routes)
-    app.add_middleware(_Idempotency, store=store, who=who)
+    app.add_middleware(_Idempotency, store=store, identify=identify)
     app.add_middleware(AccessLog, metrics=metrics)
     app.add_middleware(_BodyLimit)  # added last: the outermost, so big bodies never get buffered
 
@@ -568,8 +571,9 @@ class _Idempotency:
     with the same key gets 409 and `Retry-After`. An error answer frees the key, so a retry
     runs again. A claim whose server died mid-request is taken over after a minute."""
 
-    def __init__(self, app: Any, store: Store, who: Callable[[str], Principal | None]) -> None:
-        self.app, self.store, self.who = app, store, who
+    def __init__(self, app: Any, store: Store,
+                 identify: Callable[[str], Awaitable[Principal | None]]) -> None:
+        self.app, self.store, self.identify = app, store, identify
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         headers = dict(scope.get("headers") or ())
@@ -577,8 +581,7 @@ class _Idempotency:
         if scope["type"] != "http" or scope["method"] != "POST" or not key:
             await self.app(scope, receive, send)
             return
-        # The store is synchronous: its calls run in the thread pool, off the event loop.
-        principal = await run_in_threadpool(self.who, headers.get(b"authorization", b"").decode("latin-1"))
+        principal = await self.identify(headers.get(b"authorization", b"").decode("latin-1"))
         if principal is None:  # the route answers 401
             await self.app(scope, receive, send)
             return
@@ -586,8 +589,9 @@ class _Idempotency:
         try:
             body = await read_body(receive)
         except Problem as exc:
-            await problem_response(exc.status, exc.title, exc.detail)(scope, receive, send)
+            await exc.response()(scope, receive, send)
             return
+        # The store is synchronous: its calls run in the thread pool, off the event loop.
         digest = hashlib.sha256(scope["path"].encode() + b"\0" + body).hexdigest()
         name = key.decode("latin-1")[:255]
         kept = await run_in_threadpool(self.store.reserve, owner, name, digest)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import threading
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 import sqlalchemy as sa
@@ -46,15 +47,9 @@ def later(conn: sa.Connection, sql: str, params: dict[str, Any]) -> None:
 def send(conn: sa.Connection, *, commit: bool) -> bool:
     """Send `conn`'s waiting writes, with the COMMIT when `commit`, in one pipeline; False
     when there was nothing waiting (and so nothing was committed here)."""
-    writes = _table().pop(conn, None)
-    if not writes:
+    if not _table().get(conn):
         return False
-    driver = _driver(conn)
-    with driver.pipeline():
-        for sql, params in writes:
-            driver.execute(sql, params)
-        if commit:
-            driver.commit()
+    _pipeline(conn, lambda driver: driver.commit() if commit else None)
     return True
 
 
@@ -62,13 +57,19 @@ def fetch_one(conn: sa.Connection, sql: str, params: dict[str, Any]) -> tuple[An
     """The first row of a query (psycopg style) on `conn`, in ONE round trip together with the
     writes waiting before it and the BEGIN psycopg sends to open the transaction (outside a
     pipeline the BEGIN alone costs a round trip)."""
+    return _pipeline(conn, lambda driver: driver.execute(sql, params)).fetchone()
+
+
+def _pipeline(conn: sa.Connection, last: Callable[[Any], Any]) -> Any:
+    """`conn`'s waiting writes, then `last(driver)`, in one psycopg pipeline; what `last` gave."""
     writes = _table().pop(conn, None) or []
-    driver = _driver(conn)
+    driver = conn.connection.driver_connection
+    assert driver is not None
     with driver.pipeline():
-        for write_sql, write_params in writes:
-            driver.execute(write_sql, write_params)
-        cursor = driver.execute(sql, params)
-    return cursor.fetchone()
+        for sql, params in writes:
+            driver.execute(sql, params)
+        result = last(driver)
+    return result
 
 
 def discard(conn: sa.Connection) -> None:
@@ -86,9 +87,3 @@ def _table() -> dict[sa.Connection, list[tuple[str, dict[str, Any]]]]:
     if table is None:
         table = _pending.by_conn = {}
     return table
-
-
-def _driver(conn: sa.Connection) -> Any:
-    driver = conn.connection.driver_connection
-    assert driver is not None
-    return driver
