@@ -171,8 +171,10 @@ def create_app(store: Store, *, admin_token: str, plugins: pluggy.PluginManager 
         sweeper.stop()
         queue.stop()
 
+    # FastAPI's own OpenTelemetry looks for a configured provider on every request; Emirax's
+    # telemetry is /metrics and the JSON logs (docs/server.md), so it is off.
     app = FastAPI(title="Emirax", version="1", summary="Rules, bundles and durable workflows",
-                  lifespan=lifespan)
+                  lifespan=lifespan, telemetry={"tracing": False, "metrics": False, "logs": False})
     app.state.reevaluator = reevaluator
     app.state.sweeper = sweeper
     app.state.queue = queue

@@ -44,6 +44,7 @@ class _QueueDepth:
 class Metrics:
     def __init__(self, store: Any) -> None:
         self.registry = CollectorRegistry()
+        self._series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self.requests = Counter("emirax_requests_total", "HTTP requests",
                                 ["method", "route", "status"], registry=self.registry)
         self.latency = Histogram("emirax_request_seconds", "HTTP request latency", ["route"],
@@ -59,6 +60,16 @@ class Metrics:
                                 "Steps per transaction of the committer (group commit)",
                                 buckets=(1, 2, 4, 8, 16, 32, 64), registry=self.registry)
         self.registry.register(_QueueDepth(store))
+
+    def request(self, method: str, route: str, status: int, seconds: float) -> None:
+        """Count and time one request (its labelled series are looked up once, then kept)."""
+        key = (method, route, status)
+        series = self._series.get(key)
+        if series is None:
+            series = self._series[key] = (self.requests.labels(method, route, str(status)),
+                                          self.latency.labels(route))
+        series[0].inc()
+        series[1].observe(seconds)
 
     def step(self, tenant_id: int, seconds: float) -> None:
         self.steps.labels(str(tenant_id)).inc()
@@ -101,8 +112,7 @@ class AccessLog:
         finally:
             seconds = time.perf_counter() - start
             route = getattr(scope.get("route"), "path", None) or "unmatched"
-            self.metrics.requests.labels(scope["method"], route, str(status)).inc()
-            self.metrics.latency.labels(route).observe(seconds)
+            self.metrics.request(scope["method"], route, status, seconds)
             access.info("request", extra={"fields": {
                 "method": scope["method"], "path": scope["path"], "route": route,
                 "status": status, "ms": round(seconds * 1000, 2)}})

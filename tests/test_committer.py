@@ -13,6 +13,7 @@ import threading
 from collections import Counter
 from typing import Any
 
+import psycopg
 import pytest
 import sqlalchemy as sa
 
@@ -137,19 +138,30 @@ def test_the_committer_groups_steps_and_keeps_each_error_to_its_own(
     assert sorted(sizes) == [1, 10]  # the metric: the busy step alone, then the group of ten
 
 
-def test_a_group_on_postgresql_asks_the_database_once_before_its_commit(
-        store: Store, tenant: int, tally_wf: Workflow) -> None:  # noqa: F811
-    """Six steps on six workflows in one group: their rows are locked by one statement, and
-    their writes go out with the COMMIT (store/deferred.py), so the group runs one statement
-    through SQLAlchemy before the commit; each step is written once, and each saw its row."""
+def test_a_group_on_postgresql_costs_two_round_trips(
+        store: Store, tenant: int, tally_wf: Workflow, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    """Six steps on six workflows in one group: the BEGIN and the lock of their six rows are one
+    query, their six writes and the COMMIT another (store/deferred.py), and psycopg sends no
+    BEGIN or COMMIT of its own; each step is written once, and each saw its row."""
     cached = Store(store.engine, state_cache=16)  # as the server's: states kept between steps
     committer = Committer(cached, threads=1)
     wids = [start_tally(cached, tenant, tally_wf) for _ in range(6)]
-    statements: list[str] = []
+    queries: list[str] = []
+    watching = threading.Event()
+    execute, command = psycopg.Cursor.execute, psycopg.Connection._exec_command
 
-    def seen(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
-        statements.append(statement)
+    def spy_execute(cursor: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
+        if watching.is_set():
+            queries.append(str(query))
+        return execute(cursor, query, *args, **kwargs)
 
+    def spy_command(conn: Any, text: Any, *args: Any, **kwargs: Any) -> Any:
+        if watching.is_set():
+            queries.append(f"psycopg: {text!r}")
+        return command(conn, text, *args, **kwargs)
+
+    monkeypatch.setattr(psycopg.Cursor, "execute", spy_execute)
+    monkeypatch.setattr(psycopg.Connection, "_exec_command", spy_command)
     release = threading.Event()
 
     async def scenario() -> list[Any]:
@@ -159,16 +171,20 @@ def test_a_group_on_postgresql_asks_the_database_once_before_its_commit(
             wid, lambda wid=wid: add_item(cached, tenant, wid, tally_wf, 1), lambda _: None,
             lock=(tenant, wid))) for wid in wids]
         await asyncio.sleep(0.05)
-        sa.event.listen(store.engine, "before_cursor_execute", seen)
+        watching.set()
         release.set()
         return await asyncio.gather(busy, *steps)
 
     try:
         answers = asyncio.run(scenario())
     finally:
-        sa.event.remove(store.engine, "before_cursor_execute", seen)
+        watching.clear()
         committer.stop()
     assert answers[1:] == [1] * 6
     assert all(stored_total(store, tenant, wid) == 1 for wid in wids)
     if store.dialect == "postgresql":
-        assert len(statements) == 1 and "FOR NO KEY UPDATE" in statements[0], statements
+        assert len(queries) == 2, queries
+        lock, writes = queries
+        assert lock.startswith("BEGIN") and lock.endswith("FOR NO KEY UPDATE"), lock
+        assert all(wid in lock for wid in wids), lock
+        assert writes.count("UPDATE workflows SET") == 6 and writes.endswith(";\nCOMMIT"), writes

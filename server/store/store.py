@@ -236,7 +236,7 @@ class Store(QueueStore):
         self._insert_row, self._locks = _step_statements(self.dialect, self._insert(WORKFLOWS))
         # The row locks as SQL for psycopg itself (PostgreSQL): see `_lock`.
         self._lock_sql = {by: str(query.compile(dialect=engine.dialect))
-                          for by, query in self._locks.items() if by != "many"}
+                          for by, query in self._locks.items()}
         self._pks: list[int] = []  # workflow pks taken from the sequence ahead (PostgreSQL)
         self._pks_lock = threading.Lock()
         if self.dialect == "postgresql":
@@ -317,7 +317,7 @@ class Store(QueueStore):
                     if write and self.dialect == "postgresql":
                         deferred.send(conn, commit=True)  # the writes kept back, and COMMIT
             finally:
-                deferred.discard(conn)
+                deferred.end(conn)
 
     @contextmanager
     def group(self) -> Iterator[None]:
@@ -346,7 +346,8 @@ class Store(QueueStore):
         conn = getattr(self._group, "conn", None)
         if conn is None or self.dialect != "postgresql" or len(workflows) < 2:
             return
-        rows = conn.execute(self._locks["many"], {"pairs": sorted(set(workflows))})
+        pairs = json.dumps([{"t": t, "i": i} for t, i in sorted(set(workflows))])
+        rows = map(_WorkflowRow._make, deferred.fetch(conn, _LOCK_MANY, {"pairs": pairs}))
         self._group.ahead = {(row.tenant_id, row.id): row for row in rows}
 
     def _after_commit(self, callback: Callable[[], None]) -> None:
@@ -654,8 +655,8 @@ class Store(QueueStore):
             return conn.execute(self._locks[by], params).first()
         # Usually a transaction's first statement: with psycopg itself, in a pipeline with the
         # BEGIN (and any writes waiting), it is one round trip instead of two.
-        found = deferred.fetch_one(conn, self._lock_sql[by], params)
-        return _WorkflowRow(*found) if found is not None else None
+        found = deferred.fetch(conn, self._lock_sql[by], params)
+        return _WorkflowRow(*found[0]) if found else None
 
     def _nested(self, outer: StepHandle, row: Any, created: bool) -> StepHandle:
         """A handle on another workflow in `outer`'s transaction (a child it starts, a parent
@@ -969,14 +970,18 @@ PK_BLOCK = 32
 _WorkflowRow = namedtuple("_WorkflowRow", [c.name for c in WORKFLOWS.c])  # a row known unread
 _INSERT_WORKFLOW = (f"INSERT INTO workflows ({', '.join(_WorkflowRow._fields)}) VALUES "
                     f"({', '.join(f'%({name})s' for name in _WorkflowRow._fields)})")
+# A group's rows, locked in the order every group locks them (PostgreSQL: `Store.lock_ahead`);
+# the (tenant, id) pairs travel as one JSON document.
+_LOCK_MANY = (f"SELECT {', '.join(_WorkflowRow._fields)} FROM workflows WHERE (tenant_id, id) IN "
+              "(SELECT x.t, x.i FROM json_to_recordset(CAST(%(pairs)s AS json)) AS x(t int, i text)) "
+              "ORDER BY id, tenant_id FOR NO KEY UPDATE")
 
 
 def _step_statements(dialect: str, insert: Any) -> tuple[Any, dict[str, Any]]:
     """The statements every step runs, built once: SQLAlchemy finds a built statement's compiled
     form by its memoized cache key, where a statement built per step costs more to build and
     key than the database takes to run it (docs/server.md). The INSERT of a new workflow row
-    (None when the tenant has that id already), and the row's lock by id, pk or invocation, and
-    of many rows at once ("many", for a group: `Store.lock_ahead`)."""
+    (None when the tenant has that id already), and the row's lock by id, pk or invocation."""
     columns = [c for c in WORKFLOWS.c if c.name != "pk"]
     insert_row = (insert.values({c.name: sa.bindparam(c.name, type_=c.type) for c in columns})
                   .on_conflict_do_nothing(index_elements=["tenant_id", "id"])
@@ -985,11 +990,9 @@ def _step_statements(dialect: str, insert: Any) -> tuple[Any, dict[str, Any]]:
     of_invocation = (sa.select(INVOCATIONS.c.workflow_pk)
                      .where(INVOCATIONS.c.id == sa.bindparam("invocation"),
                             INVOCATIONS.c.tenant_id == sa.bindparam("tenant_id")).scalar_subquery())
-    pairs = sa.tuple_(WORKFLOWS.c.tenant_id, WORKFLOWS.c.id).in_(sa.bindparam("pairs", expanding=True))
     locks = {"id": base.where(WORKFLOWS.c.id == sa.bindparam("workflow_id")),
              "pk": base.where(WORKFLOWS.c.pk == sa.bindparam("pk")),
-             "invocation": base.where(WORKFLOWS.c.pk == of_invocation),
-             "many": sa.select(WORKFLOWS).where(pairs).order_by(WORKFLOWS.c.id, WORKFLOWS.c.tenant_id)}
+             "invocation": base.where(WORKFLOWS.c.pk == of_invocation)}
     if dialect == "postgresql":
         # NO KEY UPDATE: serialises steps of this workflow, yet does not block other
         # transactions inserting rows that refer to it (a foreign key takes KEY SHARE).
