@@ -641,6 +641,56 @@ def test_writes_kept_for_the_commit_are_seen_in_the_transaction_and_dropped_with
     assert loaded is not None and {"type": "Counter", "fields": {"total": 1}} in loaded.fact_list()
 
 
+def test_a_transaction_begun_with_its_first_query_leaves_the_connection_as_psycopg_had_it(
+        store: Store, tally_wf: Workflow) -> None:
+    """On PostgreSQL a transaction's first round trip carries its BEGIN, with the connection in
+    autocommit so psycopg sends none of its own (deferred.py). Whether it commits, the host
+    fails, or the database refuses a write, the one pooled connection comes back out of
+    autocommit and out of any transaction, and goes on working."""
+    if store.dialect != "postgresql":
+        pytest.skip("psycopg's connections: SQLite writes at once")
+    import psycopg
+    from psycopg.pq import TransactionStatus
+
+    from server.store import deferred
+
+    single = Store.open(store.engine.url.render_as_string(hide_password=False),
+                        pool_size=1, max_overflow=0)
+
+    def as_psycopg_had_it() -> None:
+        with single.engine.connect() as conn:
+            driver = conn.connection.driver_connection
+            assert driver is not None and driver.autocommit is False
+            assert driver.pgconn.transaction_status == TransactionStatus.IDLE
+
+    tenant_id = new_tenant(single)
+    add_bundle(single, tenant_id, "t.tally", "1")
+    try:
+        with single.start(tenant_id, tally_wf.name, "t.tally", "1") as s:  # BEGIN ... COMMIT
+            s.apply(step(tally_wf, s.state, Start([("Counter", {"total": 0})])))
+            wid = s.workflow.id
+        as_psycopg_had_it()
+        with single.step(tenant_id, wid) as s:  # BEGIN with the lock, then the writes, COMMIT
+            s.apply(step(tally_wf, s.state, AddFacts([("Item", {"n": 1})])))
+        as_psycopg_had_it()
+        with pytest.raises(RuntimeError), single.step(tenant_id, wid) as s:
+            s.apply(step(tally_wf, s.state, AddFacts([("Item", {"n": 100})])))
+            raise RuntimeError("the host fails after the lock")
+        as_psycopg_had_it()
+        with pytest.raises(psycopg.errors.DivisionByZero), single._tx(write=True) as conn:
+            deferred.later(conn, "SELECT 1 / %(zero)s", {"zero": 0})  # refused with the COMMIT
+        as_psycopg_had_it()
+        with single.step(tenant_id, wid) as s:
+            s.apply(step(tally_wf, s.state, AddFacts([("Item", {"n": 2})])))
+        loaded = single.load(tenant_id, wid)
+        assert loaded is not None
+        items = [f["fields"]["n"] for f in loaded.fact_list() if f["type"] == "Item"]
+        assert items == [1, 2]  # the failed step's Item 100 was never written
+        assert {"type": "Counter", "fields": {"total": 2}} in loaded.fact_list()
+    finally:
+        single.close()
+
+
 def test_two_stores_starting_workflows_take_distinct_keys(store: Store, tally_wf: Workflow) -> None:
     """Two processes (two stores) take workflow keys from the sequence in blocks: interleaved
     starts never share one, and each workflow reads back whole."""

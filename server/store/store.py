@@ -264,8 +264,8 @@ class Store(QueueStore):
         elif backend == "postgresql":
             # No pre-ping: it costs a round trip per transaction; a connection that died with a
             # database restart fails its request once and is replaced (pool invalidation).
-            engine = sa.create_engine(parsed, pool_size=20, max_overflow=20, **json_options,
-                                      **engine_options)
+            engine = sa.create_engine(parsed, **json_options,
+                                      **{"pool_size": 20, "max_overflow": 20, **engine_options})
         else:
             raise ValueError(f"unsupported database {backend!r}: use sqlite or postgresql+psycopg")
         return cls(engine, state_cache=state_cache, max_in_flight=max_in_flight)
