@@ -653,8 +653,8 @@ class Store(QueueStore):
         params["tenant_id"] = tenant_id
         if self.dialect != "postgresql":
             return conn.execute(self._locks[by], params).first()
-        # Usually a transaction's first statement: with psycopg itself, in a pipeline with the
-        # BEGIN (and any writes waiting), it is one round trip instead of two.
+        # Usually a transaction's first statement: through psycopg itself, in one query with the
+        # BEGIN (and any writes waiting), it is one round trip instead of two (deferred.py).
         found = deferred.fetch(conn, self._lock_sql[by], params)
         return _WorkflowRow(*found[0]) if found else None
 
