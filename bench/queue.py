@@ -271,18 +271,12 @@ class Cpu:
     db: float
 
 
-def cpu_snapshot(table: dict[int, tuple[int, str, float]], server_pid: int,
-                 runner_pids: list[int]) -> Cpu:
-    """CPU so far, from `table` (bench/server.py's proc_table())."""
-    tree, frontier = {server_pid}, [server_pid]
-    while frontier:
-        parent = frontier.pop()
-        kids = [pid for pid, (ppid, _, _) in table.items() if ppid == parent and pid not in tree]
-        tree.update(kids)
-        frontier += kids
-    return Cpu(server=sum(table[p][2] for p in tree if p in table),
+def cpu_snapshot(bench: ModuleType, server_pid: int, runner_pids: list[int]) -> Cpu:
+    """CPU so far, through bench/server.py's /proc helpers."""
+    table = bench.proc_table()
+    return Cpu(server=bench.family_cpu(table, server_pid),
                runners=sum(table[p][2] for p in runner_pids if p in table),
-               db=sum(cpu for _, name, cpu in table.values() if name.startswith("postgres")))
+               db=bench.db_cpu(table))
 
 
 def cpu_rates(a: Cpu, b: Cpu, seconds: float) -> Cpu:
@@ -479,9 +473,9 @@ def measure_throughput(ctx: Context, n: int, rate_guess: float, phase: int) -> T
     try:
         runners.start()
         time.sleep(args.warmup)
-        cpu0, begin = cpu_snapshot(ctx.bench.proc_table(), ctx.server.proc.pid, runners.pids), time.time()
+        cpu0, begin = cpu_snapshot(ctx.bench, ctx.server.proc.pid, runners.pids), time.time()
         time.sleep(args.seconds)
-        cpu1, end = cpu_snapshot(ctx.bench.proc_table(), ctx.server.proc.pid, runners.pids), time.time()
+        cpu1, end = cpu_snapshot(ctx.bench, ctx.server.proc.pid, runners.pids), time.time()
         tally = runners.stop()
     finally:
         runners.close()
@@ -572,10 +566,10 @@ def run_video(ctx: Context) -> Video:
                 "and parent_pk is null and status in ('completed', 'failed')")
     try:
         runners.start()
-        cpu0, t0 = cpu_snapshot(ctx.bench.proc_table(), ctx.server.proc.pid, runners.pids), time.time()
+        cpu0, t0 = cpu_snapshot(ctx.bench, ctx.server.proc.pid, runners.pids), time.time()
         start_workflows(ctx, ctx.video[1], bodies)
         _wait_for(ctx, finished, (ctx.video[0],), args.video, args.video_timeout)
-        cpu1, t1 = cpu_snapshot(ctx.bench.proc_table(), ctx.server.proc.pid, runners.pids), time.time()
+        cpu1, t1 = cpu_snapshot(ctx.bench, ctx.server.proc.pid, runners.pids), time.time()
         tally = runners.stop()
     finally:
         runners.close()

@@ -162,18 +162,6 @@ class Server:
         text = self.log_path.read_text(encoding="utf-8", errors="replace")
         return "\n".join(text.splitlines()[-lines:])
 
-    def cpu_seconds(self) -> float:
-        """User + system CPU so far of the server process and its live descendants (uvicorn's
-        worker processes with `--workers N`), from Linux /proc; 0 elsewhere."""
-        table = proc_table()
-        family, frontier = {self.proc.pid}, [self.proc.pid]
-        while frontier:
-            parent = frontier.pop()
-            kids = [pid for pid, (ppid, _, _) in table.items() if ppid == parent and pid not in family]
-            family.update(kids)
-            frontier += kids
-        return sum(table[pid][2] for pid in family if pid in table)
-
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.terminate()
@@ -200,9 +188,20 @@ def proc_table() -> dict[int, tuple[int, str, float]]:
     return table
 
 
-def db_cpu_seconds() -> float:
-    """CPU so far of every PostgreSQL process on the machine (its backends for our server)."""
-    return sum(cpu for _, name, cpu in proc_table().values() if name.startswith("postgres"))
+def family_cpu(table: dict[int, tuple[int, str, float]], root: int) -> float:
+    """CPU seconds in `table` of the process `root` and its live descendants."""
+    family, frontier = {root}, [root]
+    while frontier:
+        parent = frontier.pop()
+        kids = [pid for pid, (ppid, _, _) in table.items() if ppid == parent and pid not in family]
+        family.update(kids)
+        frontier += kids
+    return sum(table[pid][2] for pid in family if pid in table)
+
+
+def db_cpu(table: dict[int, tuple[int, str, float]]) -> float:
+    """CPU seconds in `table` of every PostgreSQL process on the machine (its backends for ours)."""
+    return sum(cpu for _, name, cpu in table.values() if name.startswith("postgres"))
 
 
 def build_orders_bundle(folder: Path) -> bytes:
@@ -351,11 +350,12 @@ def run_http(server: Server, token: str, clients: int, warmup: float, seconds: f
     for t in threads:
         t.start()
     time.sleep(warmup)
-    cpu0, own0, db0, begin = server.cpu_seconds(), _own_cpu(), db_cpu_seconds(), time.perf_counter()
+    table0, own0, begin = proc_table(), _own_cpu(), time.perf_counter()
     window.end = begin + seconds  # end first: no client may see a window without its end
     window.begin = begin
     time.sleep(seconds)
-    cpu1, own1, db1 = server.cpu_seconds(), _own_cpu(), db_cpu_seconds()
+    table1, own1 = proc_table(), _own_cpu()
+    pid = server.proc.pid  # with its uvicorn worker processes, if any
     stop.set()
     for t in threads:
         t.join(timeout=60)
@@ -365,8 +365,8 @@ def run_http(server: Server, token: str, clients: int, warmup: float, seconds: f
         clients=clients, seconds=seconds, steps=len(start_ms) + len(add_ms),
         workflows=sum(t.completed for t in tallies), start_ms=start_ms, add_ms=add_ms,
         errors=[e for t in tallies for e in t.errors],
-        server_cpu=(cpu1 - cpu0) / seconds, client_cpu=(own1 - own0) / seconds,
-        db_cpu=(db1 - db0) / seconds)
+        server_cpu=(family_cpu(table1, pid) - family_cpu(table0, pid)) / seconds,
+        client_cpu=(own1 - own0) / seconds, db_cpu=(db_cpu(table1) - db_cpu(table0)) / seconds)
 
 
 def _own_cpu() -> float:

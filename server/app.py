@@ -182,24 +182,29 @@ def create_app(store: Store, *, admin_token: str, plugins: pluggy.PluginManager 
 
     tokens: dict[str, Principal] = {}
 
+    def bearer(authorization: str) -> str | None:
+        scheme, _, token = authorization.partition(" ")
+        return token if scheme.lower() == "bearer" and token else None
+
+    def remembered(token: str) -> Principal | None:
+        """The admin, or a tenant whose token was seen before (a token never changes owner)."""
+        if hmac.compare_digest(token.encode(), admin_token.encode()):
+            return Principal(None, "admin", admin=True)
+        return tokens.get(token)
+
     def who(authorization: str) -> Principal | None:
         """The principal of an Authorization header: plugins first, then the admin token, then
         the tenants' tokens; None when it names nobody."""
-        scheme, _, token = authorization.partition(" ")
-        if scheme.lower() != "bearer" or not token:
+        token = bearer(authorization)
+        if token is None:
             return None
-        found = hooks.hook.emirax_authenticate(token=token)
-        if found is not None:
-            return found
-        if hmac.compare_digest(token.encode(), admin_token.encode()):
-            return Principal(None, "admin", admin=True)
-        known = tokens.get(token)  # a token never changes owner: remembered once seen
-        if known is None:
+        found = hooks.hook.emirax_authenticate(token=token) or remembered(token)
+        if found is None:
             tenant = store.tenant_by_token(token)
             if tenant is None:
                 return None
-            known = tokens[token] = Principal(tenant.id, tenant.name)
-        return known
+            found = tokens[token] = Principal(tenant.id, tenant.name)
+        return found
 
     async def identify(authorization: str) -> Principal | None:
         """`who`, without leaving the event loop when it can: a token seen before, or the
@@ -223,12 +228,8 @@ def create_app(store: Store, *, admin_token: str, plugins: pluggy.PluginManager 
         """`who` when it needs no I/O: no authentication plugin and a remembered token."""
         if hooks.hook.emirax_authenticate.get_hookimpls():
             return None
-        scheme, _, token = authorization.partition(" ")
-        if scheme.lower() != "bearer":
-            return None
-        if hmac.compare_digest(token.encode(), admin_token.encode()):
-            return Principal(None, "admin", admin=True)
-        return tokens.get(token)
+        token = bearer(authorization)
+        return remembered(token) if token is not None else None
 
     async def admin(who: Annotated[Principal, Depends(principal)]) -> Principal:
         if not who.admin:

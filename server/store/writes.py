@@ -18,9 +18,7 @@ writable CTEs and no round trips to save: it gets the plain statements.
 
 from __future__ import annotations
 
-import functools
 import json
-import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
@@ -118,7 +116,7 @@ _DONE_WITH_RESULT = (
 
 def _IN(param: str) -> str:  # noqa: N802 (reads as SQL)
     """`IN` the integers of the JSON list bound to `param`."""
-    return f"IN (SELECT value::int FROM json_array_elements_text(CAST(:{param} AS json)))"
+    return f"IN (SELECT value::int FROM json_array_elements_text(CAST(%({param})s AS json)))"
 
 
 def postgres_statement(conn: sa.Connection, pk: int, w: Writes) -> tuple[str, dict[str, Any]] | None:
@@ -134,54 +132,61 @@ def postgres_statement(conn: sa.Connection, pk: int, w: Writes) -> tuple[str, di
 
     if w.facts_new:
         part("fi", "INSERT INTO facts (workflow_pk, fact_id, version, type, fields) "
-             "SELECT :pk, x.fact_id, x.version, x.type, x.fields FROM json_to_recordset("
-             "CAST(:fi AS json)) AS x(fact_id int, version int, type text, fields json)", w.facts_new)
+             "SELECT %(pk)s, x.fact_id, x.version, x.type, x.fields FROM json_to_recordset("
+             "CAST(%(fi)s AS json)) AS x(fact_id int, version int, type text, fields json)",
+             w.facts_new)
     if w.facts_changed:
         part("fc", "UPDATE facts AS f SET version = x.version, fields = x.fields FROM "
-             "json_to_recordset(CAST(:fc AS json)) AS x(fact_id int, version int, fields json) "
-             "WHERE f.workflow_pk = :pk AND f.fact_id = x.fact_id", w.facts_changed)
+             "json_to_recordset(CAST(%(fc)s AS json)) AS x(fact_id int, version int, fields json) "
+             "WHERE f.workflow_pk = %(pk)s AND f.fact_id = x.fact_id", w.facts_changed)
     if w.facts_gone:
-        part("fg", f"DELETE FROM facts WHERE workflow_pk = :pk AND fact_id {_IN('fg')}", w.facts_gone)
+        part("fg", f"DELETE FROM facts WHERE workflow_pk = %(pk)s AND fact_id {_IN('fg')}",
+             w.facts_gone)
     if w.fired:
-        part("ki", "INSERT INTO fired (workflow_pk, key_hash, key) SELECT :pk, x.key_hash, x.key "
-             "FROM json_to_recordset(CAST(:ki AS json)) AS x(key_hash text, key text)", w.fired)
+        part("ki", "INSERT INTO fired (workflow_pk, key_hash, key) SELECT %(pk)s, x.key_hash, "
+             "x.key FROM json_to_recordset(CAST(%(ki)s AS json)) AS x(key_hash text, key text)",
+             w.fired)
     if w.pending_new:
-        part("pi", "INSERT INTO pending (workflow_pk, pending_id, doc) SELECT :pk, x.pending_id, "
-             "x.doc FROM json_to_recordset(CAST(:pi AS json)) AS x(pending_id int, doc json)",
+        part("pi", "INSERT INTO pending (workflow_pk, pending_id, doc) SELECT %(pk)s, "
+             "x.pending_id, x.doc FROM json_to_recordset(CAST(%(pi)s AS json)) AS "
+             "x(pending_id int, doc json)",
              w.pending_new)
     if w.pending_changed:
-        part("pc", "UPDATE pending AS p SET doc = x.doc FROM json_to_recordset(CAST(:pc AS json)) "
-             "AS x(pending_id int, doc json) WHERE p.workflow_pk = :pk AND "
-             "p.pending_id = x.pending_id", w.pending_changed)
+        part("pc", "UPDATE pending AS p SET doc = x.doc FROM json_to_recordset("
+             "CAST(%(pc)s AS json)) AS x(pending_id int, doc json) WHERE "
+             "p.workflow_pk = %(pk)s AND p.pending_id = x.pending_id", w.pending_changed)
     if w.pending_gone:
-        part("pg", f"DELETE FROM pending WHERE workflow_pk = :pk AND pending_id {_IN('pg')}",
+        part("pg", f"DELETE FROM pending WHERE workflow_pk = %(pk)s AND pending_id {_IN('pg')}",
              w.pending_gone)
     if w.calls_new:
         part("ci", "INSERT INTO invocations (tenant_id, workflow_pk, call_id, kind, name, args, "
              "facts, options, rule, priority, status, cache_key, created_at) SELECT x.tenant_id, "
-             ":pk, x.call_id, x.kind, x.name, x.args, x.facts, x.options, x.rule, x.priority, "
-             "x.status, x.cache_key, :now FROM json_to_recordset(CAST(:ci AS json)) AS "
+             "%(pk)s, x.call_id, x.kind, x.name, x.args, x.facts, x.options, x.rule, x.priority, "
+             "x.status, x.cache_key, %(now)s FROM json_to_recordset(CAST(%(ci)s AS json)) AS "
              "x(tenant_id int, call_id int, kind text, name text, args json, facts json, "
              "options json, rule text, priority int, status text, cache_key text)",
              [{k: v for k, v in r.items() if k != "created_at"} for r in w.calls_new])
     if w.calls_done_with_result:
         part("cr", "UPDATE invocations AS i SET status = 'done', result = x.result, "
-             "finished_at = :now, lease_expires = NULL FROM json_to_recordset(CAST(:cr AS json)) "
-             "AS x(call_id int, result json) WHERE i.workflow_pk = :pk AND i.call_id = x.call_id "
-             "AND i.status IN ('queued', 'leased')", w.calls_done_with_result)
+             "finished_at = %(now)s, lease_expires = NULL FROM json_to_recordset("
+             "CAST(%(cr)s AS json)) AS x(call_id int, result json) WHERE i.workflow_pk = %(pk)s "
+             "AND i.call_id = x.call_id AND i.status IN ('queued', 'leased')",
+             w.calls_done_with_result)
     for n, (status, calls) in enumerate(w.calls_closed.items()):
         name = f"cs{n}"
         params[f"{name}_status"] = status
-        part(name, f"UPDATE invocations SET status = :{name}_status, finished_at = :now WHERE "
-             f"workflow_pk = :pk AND status IN ('queued', 'leased') AND call_id {_IN(name)}",
+        part(name, f"UPDATE invocations SET status = %({name}_status)s, finished_at = %(now)s "
+             f"WHERE workflow_pk = %(pk)s AND status IN ('queued', 'leased') "
+             f"AND call_id {_IN(name)}",
              calls)
     if w.trace:
-        part("tr", "INSERT INTO trace (workflow_pk, seq, at, event) SELECT :pk, x.seq, :now, "
-             "x.event FROM json_to_recordset(CAST(:tr AS json)) AS x(seq int, event json)", w.trace)
+        part("tr", "INSERT INTO trace (workflow_pk, seq, at, event) SELECT %(pk)s, x.seq, "
+             "%(now)s, x.event FROM json_to_recordset(CAST(%(tr)s AS json)) AS "
+             "x(seq int, event json)", w.trace)
     sets = []
     for column, value in w.workflow.items():
         params[f"w_{column}"] = _json(value) if column in ("output", "error") and value is not None else value
-        cast = "CAST(:w_{0} AS json)" if column in ("output", "error") else ":w_{0}"
+        cast = "CAST(%(w_{0})s AS json)" if column in ("output", "error") else "%(w_{0})s"
         sets.append(f"{column} = {cast.format(column)}")
     if any(isinstance(v, str) and "\\u0000" in v for v in params.values()):
         # json_to_recordset refuses a NUL in any string it unpacks; `json` columns keep one
@@ -191,13 +196,4 @@ def postgres_statement(conn: sa.Connection, pk: int, w: Writes) -> tuple[str, di
     head = f"WITH {', '.join(parts)} " if parts else ""
     # For the driver itself: a text() clause with this many parameters costs more to build and
     # key in SQLAlchemy than PostgreSQL takes to run it.
-    return _pyformat(f"{head}UPDATE workflows SET {', '.join(sets)} WHERE pk = :pk"), params
-
-
-@functools.lru_cache(maxsize=512)
-def _pyformat(sql: str) -> str:
-    """`:name` parameters as psycopg's `%(name)s` (a `::` cast is left alone)."""
-    return _NAMED.sub(r"%(\1)s", sql)
-
-
-_NAMED = re.compile(r"(?<![:\w]):(\w+)")
+    return f"{head}UPDATE workflows SET {', '.join(sets)} WHERE pk = %(pk)s", params
